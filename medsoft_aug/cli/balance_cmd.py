@@ -1,8 +1,82 @@
-"""`medsoft-aug balance` (being written)."""
+"""`medsoft-aug balance`: a thin shim over :func:`medsoft_aug.api.balance` (torch is imported only when generating)."""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
+from ..errors import PartialFailure
+from .output import guarded, print_json, progress_reporter
+
+
+@guarded
+def balance_command(
+    work: Annotated[Path, typer.Argument(help="WORK folder (index.csv from `ingest`, masks.csv from `masks build`).")],
+    model: Annotated[Optional[Path], typer.Option(
+        "--model", help="MODEL_DIR written by `medsoft-aug train` (not needed with --dry-run).")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Output folder: synthetic images + masks, manifest.csv, balance.json (new, or a previous "
+        "run of the same command to resume).")] = None,
+    target_ratio: Annotated[float, typer.Option(
+        "--target-ratio", help="Each disease class is filled up to ceil(ratio x N_normal) training samples "
+        "(1.0 = as many as normal, the paper's setting).")] = 1.0,
+    classes: Annotated[Optional[list[str]], typer.Option(
+        "--classes", help="Only these disease classes (repeat the option; default: every disease class in the "
+        "train split).")] = None,
+    prompts: Annotated[Optional[Path], typer.Option(
+        "--prompts", help="Prompts file (YAML or JSON: class -> list of lesion descriptions; '{level}' is "
+        "filled with the donor's level). Default: the shipped defaults.")] = None,
+    prompt_mode: Annotated[str, typer.Option(
+        "--prompt-mode", help="auto: the class's real train-split lesion descriptions when it has any, else the "
+        "prompts file; descriptions: real descriptions only; file: the prompts file only.")] = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="Run seed: donor assignment and per-sample seeds.")] = 0,
+    steps: Annotated[int, typer.Option("--steps", help="DDIM steps (paper: 50).")] = 50,
+    guidance: Annotated[float, typer.Option(
+        "--guidance", help="Classifier-free guidance scale (paper: 7.5; uncond = empty text + zero e_MSC).")] = 7.5,
+    eta: Annotated[float, typer.Option("--eta", help="DDIM eta (0 = deterministic; >0 adds sigma_t z, Eq. 8).")] = 0.0,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", help="Samples per batch (each with its own mask, prompt, e_MSC, seed).")] = 8,
+    device: Annotated[str, typer.Option(
+        "--device", help="auto (CUDA + fp16 when available, else CPU), cpu, cuda, cuda:N.")] = "auto",
+    output_format: Annotated[str, typer.Option(
+        "--output-format", help="png (16-bit grayscale), nifti (slice in the donor's geometry), dicom (derived, "
+        "de-identified instance from the donor).")] = "png",
+    images: Annotated[Optional[Path], typer.Option(
+        "--images", help="Source images folder for --output-format dicom (default: the one recorded by "
+        "ingest).")] = None,
+    shard: Annotated[Optional[str], typer.Option(
+        "--shard", help="K/N: make only the K-th of N deterministic shares of the plan (1 <= K <= N); shard 1 "
+        "also copies the real samples. Join with `medsoft-aug manifest merge`.")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the plan as JSON (counts before/after, donors, prompts); load no model, write "
+        "nothing.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Regenerate everything, even into an OUT holding a run with other options.")] = False,
+    normal_class: Annotated[Optional[str], typer.Option(
+        "--normal-class", help="Normal class (default: the one recorded by ingest).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+) -> None:
+    """Balance every disease class by inpainting lesions into normal training images (Eq. 7-8)."""
+    from ..api import balance
+
+    with progress_reporter(not dry_run) as on_progress:
+        try:
+            res = balance(work, model, out, target_ratio=target_ratio, classes=classes, prompts=prompts,
+                          prompt_mode=prompt_mode, seed=seed, steps=steps, guidance=guidance, eta=eta,
+                          batch_size=batch_size, device=device, output_format=output_format, shard=shard,
+                          dry_run=dry_run, force=force, normal_class=normal_class, images_root=images,
+                          on_progress=on_progress)
+        except PartialFailure as e:
+            if json_out and e.result is not None:
+                print_json(e.result)
+            raise
+    if json_out or dry_run:
+        print_json(res)
+        return
+    after = ", ".join(f"{c}: {res['counts_before'].get(c, 0)} -> {n}" for c, n in res["counts_after"].items())
+    typer.echo(f"balance: {res['generated']} generated, {res['skipped']} already done ({after}) -> {res['manifest']}")
+
 
 def register(app: typer.Typer) -> None:
-    return None
+    app.command("balance")(balance_command)
