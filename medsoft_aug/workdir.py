@@ -3,8 +3,9 @@
 WORK/
   index.csv            one row per 2D sample (INDEX_COLUMNS), written by ``ingest``
   ingest.json          run record of ingest (options, versions, counts, failures, input hashes)
-  slices/{id}.npy      float32 (H, W) in [0,1] after the recorded intensity window
-  seg/{id}.npy         float32 (H, W) label-map slice in the same grid (when a seg was given)
+  slices/{id}.npy      float32 (H, W) in [0,1] after the recorded intensity window (samples from the same source
+                       slice may share one file through hard links: never write into slices/ in place)
+  seg/{id}.npy         float32 (H, W) label-map slice in the same grid (float64 when a label is not exact in float32)
   masks/{id}.npy       float32 (H, W) soft mask in [0,1], written by ``masks build``
   masks.csv            one row per sample (MASK_COLUMNS)
   masks.json           run record of ``masks build``

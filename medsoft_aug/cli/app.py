@@ -1,6 +1,7 @@
 """Root of the ``medsoft-aug`` command line: a thin shim over :mod:`medsoft_aug.api`."""
 from __future__ import annotations
 
+import os
 from typing import Annotated, Optional
 
 import typer
@@ -33,7 +34,7 @@ def root(
                                                     help="Print the version and exit.")] = None,
 ) -> None:
     """medsoft-aug: ingest -> masks build -> train -> balance -> evaluate (or `demo` for all of it)."""
-    output.STATE["debug"] = debug or output.STATE["debug"]
+    output.STATE["debug"] = debug or bool(os.environ.get("MEDSOFT_AUG_DEBUG"))
     output.STATE["quiet"] = quiet
     output.setup_logging(output.STATE["debug"])
 

@@ -1,0 +1,60 @@
+"""One entry point for every image the project reads: :func:`read_image`.
+
+Dispatch on what ``path`` is:
+
+=======================================  =======================================================
+folder                                   DICOM series (:func:`medsoft_aug.io.dicom.read_dicom_series`)
+``.nii`` / ``.nii.gz``                   NIfTI (:func:`medsoft_aug.io.nifti.read_nifti`)
+``.png`` / ``.tif`` / ``.tiff``          raster (:func:`medsoft_aug.io.raster.read_raster`)
+``.dcm``, or any file with the DICM      DICOM file (:func:`medsoft_aug.io.dicom.read_dicom_file`)
+preamble
+=======================================  =======================================================
+
+Reading is one image at a time with nothing cached; inputs are opened read-only.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InputError
+from .dicom import read_dicom_file, read_dicom_series
+from .dicom_pixels import has_dicm_preamble
+from .nifti import read_nifti
+from .raster import RASTER_SUFFIXES, read_raster
+from .types import ImageData
+
+SUPPORTED = "a DICOM file or series folder, .nii/.nii.gz, .png, .tif/.tiff"
+
+
+def read_image(path: str | Path, *, label_map: bool = False) -> ImageData:
+    """Read any supported image into the :class:`~medsoft_aug.io.types.ImageData` contract.
+
+    Args:
+        path: file or DICOM series folder.
+        label_map: the image is a segmentation: values are kept exactly (no MONOCHROME1 inversion, palette
+            indices for palette PNGs), returned as float32 when every value is exactly representable in float32
+            and as float64 otherwise (``meta["label_dtype"]`` says which).
+
+    Returns:
+        2D: ``array`` (rows, cols) as stored, ``spacing`` (row_mm, col_mm). 3D: canonical RAS+ ``array``
+        (X, Y, Z), ``spacing`` in that order, ``affine`` voxel -> RAS mm. Intensities float32 in physical units.
+
+    Raises:
+        InputError: missing path, empty folder, unsupported extension, corrupt/truncated/undecodable file.
+            The message names the file and the problem; the caller prefixes the sample id.
+    """
+    p = Path(path)
+    if p.is_dir():
+        return read_dicom_series(p, label_map=label_map)
+    if not p.exists():
+        raise InputError(f"{p}: file not found")
+    if not p.is_file():
+        raise InputError(f"{p}: not a regular file")
+    name = p.name.lower()
+    if name.endswith(".nii") or name.endswith(".nii.gz"):
+        return read_nifti(p, label_map=label_map)
+    if name.endswith(RASTER_SUFFIXES):
+        return read_raster(p, label_map=label_map)
+    if name.endswith(".dcm") or has_dicm_preamble(p):
+        return read_dicom_file(p, label_map=label_map)
+    raise InputError(f"{p.name}: unsupported image type (expected {SUPPORTED})")
