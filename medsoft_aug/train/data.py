@@ -1,0 +1,134 @@
+"""Training samples from a WORK folder: slice + soft mask + lesion text, resized to the model resolution.
+
+Each item is a dict::
+
+    image      (1, R, R) float32 in [0, 1]   the ingested slice x0, resized (bilinear, antialiased)
+    soft_mask  (1, R, R) float32 in [0, 1]   M_b resized with area averaging; in ``hard`` mode the soft mask
+                                             thresholded at 0.5 (the binary mask the blur came from, up to its
+                                             rounded corners) - the paper's "w/o SMIS" ablation
+    text       str                           the row's description; a diseased row without one uses its label
+                                             name; normal rows use "" (the same empty text CFG's uncond uses)
+    label, sample_id  str;  index  int       position in the dataset (used for per-sample caches)
+
+Slices are resized to a square R x R without padding (training only: nothing is recorded or inverted here).
+``vae_input`` turns the (B, 1, R, R) [0, 1] images into the VAE's (B, 3, R, R) [-1, 1].
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..fsutil import load_npy
+from ..workdir import read_index, read_masks
+
+log = logging.getLogger("medsoft_aug.train.data")
+
+MaskMode = Literal["soft", "hard"]
+
+
+def normal_class_of(work: str | Path, given: str | None = None) -> str:
+    """The normal class: ``given``, else ``normal_class`` from WORK/ingest.json, else "normal"."""
+    if given:
+        return given
+    path = Path(work) / "ingest.json"
+    if path.is_file():
+        try:
+            value = json.loads(path.read_text()).get("normal_class")
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path} is not valid JSON: {e}") from e
+        if value:
+            return str(value)
+    return "normal"
+
+
+def resize_pair(image: np.ndarray, mask: np.ndarray, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H, W) image and mask -> (1, R, R) tensors: bilinear (antialiased) image, area-averaged mask, both clipped
+    to [0, 1]."""
+    img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    msk = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+    size = (resolution, resolution)
+    if img.shape[-2:] != size:
+        img = F.interpolate(img, size=size, mode="bilinear", align_corners=False, antialias=True)
+    if msk.shape[-2:] != size:
+        # "area" is exact averaging when shrinking; for enlarging it is nearest, so use bilinear there.
+        shrink = msk.shape[-2] >= resolution and msk.shape[-1] >= resolution
+        msk = F.interpolate(msk, size=size, mode="area") if shrink else \
+            F.interpolate(msk, size=size, mode="bilinear", align_corners=False)
+    return img[0].clamp_(0, 1), msk[0].clamp_(0, 1)
+
+
+def vae_input(image: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) grayscale in [0, 1] -> (B, 3, H, W) in [-1, 1] (the VAE's input range)."""
+    return (image * 2 - 1).expand(-1, 3, -1, -1)
+
+
+def describe(row_text: str, label: str, normal_class: str) -> str:
+    """Conditioning text of a sample (see module docstring)."""
+    if label == normal_class:
+        return ""
+    return row_text.strip() or label.replace("_", " ")
+
+
+class SliceDataset(torch.utils.data.Dataset):
+    """Rows of WORK/index.csv of one split that have a usable mask in masks.csv (status ok, file present)."""
+
+    def __init__(self, work: str | Path, split: str = "train", resolution: int = 64, mask_mode: MaskMode = "soft",
+                 diseased_only: bool = False, normal_class: str | None = None):
+        if mask_mode not in ("soft", "hard"):
+            raise InputError(f"mask mode must be soft or hard, got {mask_mode!r}")
+        if resolution < 8 or resolution % 8:
+            raise InputError(f"resolution must be a positive multiple of 8, got {resolution}")
+        self.work = Path(work)
+        self.split, self.resolution, self.mask_mode = split, int(resolution), mask_mode
+        self.normal_class = normal_class_of(work, normal_class)
+        index, masks = read_index(work), read_masks(work)
+        for col in ("sample_id", "mask"):
+            if col not in masks.columns:
+                raise InputError(f"{self.work / 'masks.csv'} is missing column {col}")
+        status = masks["status"] if "status" in masks.columns else "ok"
+        ok = masks[(masks["mask"] != "") & (status == "ok")].drop_duplicates("sample_id")
+        rows = index[index["split"] == split].merge(ok[["sample_id", "mask"]], on="sample_id", how="inner")
+        if diseased_only:
+            rows = rows[rows["label"] != self.normal_class]
+        rows = rows.sort_values("sample_id", kind="stable").reset_index(drop=True)
+        desc = rows["description"] if "description" in rows.columns else [""] * len(rows)
+        self.sample_ids: list[str] = rows["sample_id"].tolist()
+        self.labels: list[str] = rows["label"].tolist()
+        self.texts = [describe(d, lab, self.normal_class) for d, lab in zip(desc, self.labels)]
+        self._images = rows["image"].tolist()
+        self._masks = rows["mask"].tolist()
+        log.debug("%s split: %d samples with masks", split, len(self))
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        sid = self.sample_ids[i]
+        try:
+            image = load_npy(self.work / self._images[i])
+            mask = load_npy(self.work / self._masks[i])
+        except (OSError, ValueError) as e:
+            raise InputError(f"{sid}: cannot read its slice or mask ({type(e).__name__})") from e
+        if image.ndim != 2 or mask.shape != image.shape:
+            raise InputError(f"{sid}: slice {image.shape} and mask {mask.shape} must be 2D and the same shape")
+        img, msk = resize_pair(image, mask, self.resolution)
+        if self.mask_mode == "hard":
+            msk = (msk >= 0.5).to(msk.dtype)
+        return {"image": img, "soft_mask": msk, "text": self.texts[i], "label": self.labels[i],
+                "sample_id": sid, "index": i}
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack tensors, keep strings as lists, indices as a LongTensor."""
+    return {"image": torch.stack([it["image"] for it in items]),
+            "soft_mask": torch.stack([it["soft_mask"] for it in items]),
+            "text": [it["text"] for it in items], "label": [it["label"] for it in items],
+            "sample_id": [it["sample_id"] for it in items],
+            "index": torch.tensor([it["index"] for it in items], dtype=torch.long)}

@@ -1,0 +1,292 @@
+"""``train``: WORK -> MODEL_DIR (MSC pretraining, Eq. 4; then SMIS adapter training, Eq. 5-6).
+
+Stages: "msc" trains the Medical Semantic Controller on training-split diseased samples and writes
+MODEL_DIR/msc.safetensors; "smis" trains the decoupled cross-attention with the frozen MSC and writes
+adapter.safetensors and medsoft_model.json (the complete model); "all" runs both. ``--no-msc`` (paper's "w/o MSC")
+skips the MSC and the adapter: text-only conditioning, training the text cross-attention W_k/W_v of the same layers
+(or the whole UNet with train_unet="full"). ``mask_mode="hard"`` (paper's "w/o SMIS") thresholds the soft masks.
+
+Works unchanged under ``accelerate launch`` (DDP): every process trains, only the main process writes files.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ..errors import InputError, UsageError
+from ..fsutil import atomic_write_json, sha256_file
+from ..progress import ProgressFn
+from .loop import LoopConfig, list_checkpoints, make_accelerator, run_task
+
+log = logging.getLogger("medsoft_aug.train.stage")
+
+STAGES = ("all", "msc", "smis")
+MSC_DONE = "msc_done.json"
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    stage: str
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)    # per-stage LoopResult
+    files: dict[str, str] = field(default_factory=dict)                 # written weight file -> sha256
+    complete: bool = False                                              # medsoft_model.json written
+    skipped: bool = False                                               # already trained with the same options
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "model_dir": str(self.model_dir)}
+
+
+def _args_record(**kw) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in kw.items()}
+
+
+def _ref(ref: str) -> str:
+    """Local folders are recorded as absolute paths; 'tiny' and hub ids as given."""
+    p = Path(ref).expanduser()
+    return str(p.resolve()) if p.is_dir() else ref
+
+
+def train(work: str | Path, out: str | Path, *, stage: str = "all", max_steps: int = 1000,
+          msc_steps: Optional[int] = None, base_model: str = "tiny", encoder: str = "tiny", gamma: float = 1.0,
+          train_unet: str = "none", no_msc: bool = False, mask_mode: str = "soft", resolution: Optional[int] = None,
+          batch_size: int = 4, grad_accum: int = 1, mixed_precision: str = "no", gradient_checkpointing: bool = False,
+          checkpoint_every: int = 500, checkpoints_keep: int = 2, resume: Optional[str] = None, seed: int = 0,
+          device: Optional[str] = None, force: bool = False, normal_class: Optional[str] = None,
+          num_workers: int = 0, on_progress: ProgressFn = None) -> TrainResult:
+    """Train a MedSoft-Diffusion model on the ingested, masked WORK folder; write MODEL_DIR ``out``.
+
+    ``max_steps`` optimizer steps per stage (``msc_steps`` overrides it for the MSC stage); ``batch_size`` per
+    process and micro-batch. ``resume``: None, "latest" or a checkpoint folder. ``device``: "cpu" forces the CPU,
+    otherwise accelerate picks (CUDA when present). ``force`` retrains over an existing MODEL_DIR.
+    Raises UsageError (exit 2) for bad options, InputError/ModelError (exit 3) for bad WORK or models.
+    """
+    work, out = Path(work), Path(out)
+    _validate(stage, train_unet, mask_mode, no_msc, gamma, resume, force)
+    from ..workdir import read_index, read_masks
+
+    read_index(work), read_masks(work)                      # InputError before anything is created
+    args = _args_record(stage=stage, max_steps=max_steps, msc_steps=msc_steps, base_model=_ref(base_model),
+                        encoder=None if no_msc else _ref(encoder), gamma=gamma, train_unet=train_unet,
+                        no_msc=no_msc, mask_mode=mask_mode, resolution=resolution, batch_size=batch_size,
+                        grad_accum=grad_accum, mixed_precision=mixed_precision,
+                        gradient_checkpointing=gradient_checkpointing, seed=seed, normal_class=normal_class)
+    done = _existing(out, args, resume, force, stage)
+    if done is not None:
+        return done
+    created = not out.exists()
+    try:
+        return _train(work, out, args, stage=stage, max_steps=max_steps, msc_steps=msc_steps,
+                      base_model=base_model, encoder=encoder, gamma=gamma, train_unet=train_unet, no_msc=no_msc,
+                      mask_mode=mask_mode, resolution=resolution, batch_size=batch_size, grad_accum=grad_accum,
+                      mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
+                      checkpoint_every=checkpoint_every, checkpoints_keep=checkpoints_keep, resume=resume,
+                      seed=seed, device=device, normal_class=normal_class, num_workers=num_workers,
+                      on_progress=on_progress)
+    except BaseException:
+        # Nothing resumable was made: leave no half-made MODEL_DIR behind.
+        if created and out.is_dir() and not any(out.rglob("trainer_state.json")) \
+                and not (out / "checkpoints" / MSC_DONE).is_file():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _train(work: Path, out: Path, args: dict, *, stage, max_steps, msc_steps, base_model, encoder, gamma,
+           train_unet, no_msc, mask_mode, resolution, batch_size, grad_accum, mixed_precision,
+           gradient_checkpointing, checkpoint_every, checkpoints_keep, resume, seed, device, normal_class,
+           num_workers, on_progress) -> TrainResult:
+    loop_cfg = LoopConfig(max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
+                          mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
+                          checkpoint_every=checkpoint_every, checkpoints_keep=checkpoints_keep, seed=seed,
+                          num_workers=num_workers)
+    loop_cfg.validate()
+
+    from ..models.base import load_base_model
+
+    acc = make_accelerator(loop_cfg, out / "checkpoints" / "msc", cpu=(device == "cpu"))
+    if mixed_precision == "fp16" and acc.device.type != "cuda":
+        raise UsageError(f"--mixed-precision fp16 needs a CUDA GPU (running on {acc.device.type}): "
+                         "use bf16 or no")
+    base = load_base_model(base_model, device=acc.device)
+    base_info = {**base.describe(), "ref": args["base_model"]}     # hashed before any weight is touched
+    res = int(resolution or base.resolution)
+    multiple = base.vae_scale_factor * 2 ** (len(base.unet.config.block_out_channels) - 1)
+    if res < multiple or res % multiple:
+        raise UsageError(f"--resolution must be a positive multiple of {multiple} for this base model, got {res}")
+    from .data import SliceDataset
+
+    def data(split: str, diseased_only: bool) -> SliceDataset:
+        return SliceDataset(work, split, res, mask_mode, diseased_only=diseased_only, normal_class=normal_class)
+
+    result = TrainResult(model_dir=out, stage=stage)
+    enc = msc = None
+    if not no_msc:
+        from ..models.encoders import load_encoder
+
+        enc = load_encoder(encoder, device=acc.device)
+        if stage in ("all", "msc"):
+            msc_args = {k: args[k] for k in ("encoder", "mask_mode", "batch_size", "grad_accum", "seed",
+                                             "mixed_precision", "normal_class")}
+            msc_args.update(resolution=res, steps=msc_steps or max_steps)
+            msc = _msc_stage(acc, enc, data, out, loop_cfg, msc_args, resume, on_progress, result)
+        else:
+            msc = _load_msc(out, enc, acc.device)
+        if stage == "msc":
+            return result
+    elif stage == "msc":
+        raise UsageError("--no-msc has no MSC stage to run")
+
+    train_set, val_set = data("train", False), data("val", False)
+    if len(train_set) == 0:
+        raise InputError(f"{work}: no training-split samples with a usable mask")
+    smis_task, adapter_info = _smis_task(base, enc, msc, gamma, train_unet, no_msc)
+    acc.free_memory()
+    acc.project_configuration.set_directories(str(out / "checkpoints" / "smis"))
+    acc.project_configuration.iteration = 0
+    r = run_task(smis_task, train_set, accelerator=acc, config=loop_cfg, val_dataset=val_set, resume=resume,
+                 on_progress=on_progress)
+    result.stages["smis"] = asdict(r)
+    if acc.is_main_process:
+        _write_model(out, smis_task, base, base_info, enc, msc, adapter_info, res, args, loop_cfg, work,
+                     result, train_set.normal_class)
+    acc.wait_for_everyone()
+    result.complete = True
+    return result
+
+
+def _validate(stage, train_unet, mask_mode, no_msc, gamma, resume, force) -> None:
+    if stage not in STAGES:
+        raise UsageError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    if train_unet not in ("none", "full"):
+        raise UsageError(f"--train-unet must be none or full, got {train_unet!r}")
+    if mask_mode not in ("soft", "hard"):
+        raise UsageError(f"--mask-mode must be soft or hard, got {mask_mode!r}")
+    if gamma < 0:
+        raise UsageError(f"--gamma must be >= 0, got {gamma}")
+    if resume is not None and force:
+        raise UsageError("--resume and --force contradict each other")
+    if no_msc and stage == "msc":
+        raise UsageError("--no-msc has no MSC stage to run")
+
+
+def _existing(out: Path, args: dict, resume, force: bool, stage: str) -> Optional[TrainResult]:
+    """Decide what to do with an existing MODEL_DIR: skip (same options, complete), refuse, or clear (--force)."""
+    import json
+
+    from ..models.modeldir import META_FILE
+
+    meta_path = out / META_FILE
+    if force and out.is_dir():
+        for name in (META_FILE, "msc.safetensors", "adapter.safetensors", "unet.safetensors"):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        return None
+    if meta_path.is_file() and stage != "msc":
+        old = dict(json.loads(meta_path.read_text()).get("training", {}).get("arguments", {}))
+        if {**old, "stage": None} == {**args, "stage": None}:
+            log.info("%s already holds a model trained with these options; nothing to do (--force retrains)", out)
+            return TrainResult(model_dir=out, stage=stage, complete=True, skipped=True)
+        raise UsageError(f"{out} already holds a model trained with other options: use --force to retrain it "
+                         "or choose another --out")
+    if resume is None and stage != "msc" and not meta_path.is_file() and list_checkpoints(out / "checkpoints" / "smis"):
+        raise UsageError(f"{out} has checkpoints of an unfinished run: pass --resume latest to continue it "
+                         "or --force to start over")
+    return None
+
+
+def _msc_stage(acc, enc, data, out: Path, cfg: LoopConfig, msc_args: dict, resume, on_progress, result):
+    import json
+
+    from ..models.modeldir import MSC_FILE, save_weights
+    from ..models.msc import MSCConfig
+    from .msc_stage import MSCTask
+
+    done = out / "checkpoints" / MSC_DONE
+    if done.is_file() and (out / MSC_FILE).is_file():
+        info = json.loads(done.read_text())
+        if info.get("arguments") != msc_args:
+            raise UsageError(f"{out} holds an MSC trained with other options: use --force to retrain "
+                             "or choose another --out")
+        log.info("msc stage already finished with these options; loading %s", MSC_FILE)
+        result.stages["msc"] = {k: v for k, v in info.items() if k not in ("config", "sha256", "arguments")}
+        return _load_msc(out, enc, acc.device)
+    if resume is None and list_checkpoints(out / "checkpoints" / "msc"):
+        raise UsageError(f"{out} has checkpoints of an unfinished MSC run: pass --resume latest to continue it "
+                         "or --force to start over")
+    train_set, val_set = data("train", True), data("val", True)
+    if len(train_set) == 0:
+        raise InputError("no training-split diseased samples with a usable mask: the MSC cannot be trained")
+    task = MSCTask(enc, MSCConfig.for_embed_dim(enc.embed_dim), seed=cfg.seed)
+    msc_cfg = LoopConfig(**{**asdict(cfg), "max_steps": msc_args["steps"]})
+    r = run_task(task, train_set, accelerator=acc, config=msc_cfg, val_dataset=val_set,
+                 resume=None if resume is None else "latest", on_progress=on_progress)
+    result.stages["msc"] = asdict(r)
+    msc = acc.unwrap_model(task.msc) if hasattr(acc, "unwrap_model") else task.msc
+    if acc.is_main_process:
+        sha = save_weights(out / MSC_FILE, task.export_state(),
+                           metadata={"config": json.dumps(task.config.to_dict())})
+        atomic_write_json(done, {**asdict(r), "config": task.config.to_dict(), "sha256": sha,
+                                 "arguments": msc_args})
+        result.files[MSC_FILE] = sha
+    acc.wait_for_everyone()
+    msc.eval().requires_grad_(False)
+    return msc
+
+
+def _load_msc(out: Path, enc, device):
+    import json
+
+    from ..models.modeldir import MSC_FILE, load_weights
+    from ..models.msc import MedicalSemanticController, MSCConfig
+
+    done = out / "checkpoints" / MSC_DONE
+    if not done.is_file() or not (out / MSC_FILE).is_file():
+        raise UsageError(f"{out} has no trained MSC: run `medsoft-aug train --stage msc` (or --stage all) first")
+    info = json.loads(done.read_text())
+    config = MSCConfig.from_dict(info["config"])
+    if config.embed_dim != enc.embed_dim:
+        raise UsageError(f"the MSC in {out} was trained for a {config.embed_dim}-dim encoder, "
+                         f"{enc.ref} gives {enc.embed_dim}")
+    msc = MedicalSemanticController(config)
+    msc.load_state_dict(load_weights(out / MSC_FILE, info.get("sha256")))
+    return msc.to(device).eval().requires_grad_(False)
+
+
+def _smis_task(base, enc, msc, gamma: float, train_unet: str, no_msc: bool):
+    from ..models.adapter import install_adapter
+    from ..models.msc import msc_inputs
+    from .smis_stage import SMISTask
+
+    info = None
+    msc_embed = None
+    if not no_msc:
+        n = install_adapter(base.unet, enc.embed_dim, gamma)
+        info = {"gamma": gamma, "msc_dim": enc.embed_dim, "n_layers": n}
+
+        def msc_embed(images: torch.Tensor, masks: torch.Tensor, texts: list[str]) -> torch.Tensor:
+            return msc(*msc_inputs(enc, images, masks, texts))
+
+    mode = "full" if train_unet == "full" else ("text_kv" if no_msc else "adapter")
+    return SMISTask(base.unet, base.vae, base.train_scheduler, base.encode_prompt, msc_embed, train=mode), info
+
+
+def _write_model(out: Path, task, base, base_info: dict, enc, msc, adapter_info, res: int, args: dict,
+                 cfg: LoopConfig, work: Path, result: TrainResult, normal_class: str) -> None:
+    from ..models.modeldir import save_model_dir
+
+    work_info = {"path": str(work.resolve())}
+    for name in ("index.csv", "masks.csv"):
+        if (work / name).is_file():
+            work_info[f"{name.split('.')[0]}_sha256"] = sha256_file(work / name)
+    files = save_model_dir(
+        out, trained_unet_state=task.export_state(), base_info=base_info,
+        encoder_info={**enc.describe(), "ref": args["encoder"]} if enc is not None else None, msc=msc,
+        adapter_info=adapter_info, resolution=res, mask_mode=args["mask_mode"], train_unet=args["train_unet"],
+        normal_class=normal_class, inference_scheduler=dict(base.inference_scheduler_config),
+        training={"arguments": args, "loop": asdict(cfg), "stages": result.stages}, work=work_info)
+    result.files.update(files)
