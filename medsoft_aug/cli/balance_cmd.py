@@ -22,8 +22,8 @@ def balance_command(
         "--target-ratio", help="Each disease class is filled up to ceil(ratio x N_normal) training samples "
         "(1.0 = as many as normal, the paper's setting).")] = 1.0,
     classes: Annotated[Optional[list[str]], typer.Option(
-        "--classes", help="Only these disease classes (repeat the option; default: every disease class in the "
-        "train split).")] = None,
+        "--classes", help="Only these disease classes (repeat the option or separate by commas; default: every "
+        "disease class in the train split).")] = None,
     prompts: Annotated[Optional[Path], typer.Option(
         "--prompts", help="Prompts file (YAML or JSON: class -> list of lesion descriptions; '{level}' is "
         "filled with the donor's level). Default: the shipped defaults.")] = None,
@@ -55,18 +55,27 @@ def balance_command(
         "--force", help="Regenerate everything, even into an OUT holding a run with other options.")] = False,
     normal_class: Annotated[Optional[str], typer.Option(
         "--normal-class", help="Normal class (default: the one recorded by ingest).")] = None,
+    blend: Annotated[str, typer.Option(
+        "--blend", help="Latent kept outside the mask during denoising (Eq. 7): masked = VAE(I_m), the paper's "
+        "text; donor = VAE(x0) (no dark band where the soft mask is fractional). Pixels where the mask is 0 are "
+        "the donor's either way.")] = "masked",
+    base_model: Annotated[Optional[str], typer.Option(
+        "--base-model", help="Use this base model (diffusers folder or hub id) instead of the one recorded in "
+        "MODEL_DIR, e.g. the same SD1.5 moved elsewhere; it must hash to the recorded sha256.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
 ) -> None:
     """Balance every disease class by inpainting lesions into normal training images (Eq. 7-8)."""
     from ..api import balance
 
+    if classes:
+        classes = [c.strip() for item in classes for c in item.split(",") if c.strip()]
     with progress_reporter(not dry_run) as on_progress:
         try:
             res = balance(work, model, out, target_ratio=target_ratio, classes=classes, prompts=prompts,
                           prompt_mode=prompt_mode, seed=seed, steps=steps, guidance=guidance, eta=eta,
                           batch_size=batch_size, device=device, output_format=output_format, shard=shard,
                           dry_run=dry_run, force=force, normal_class=normal_class, images_root=images,
-                          on_progress=on_progress)
+                          base_model=base_model, blend=blend, on_progress=on_progress)
         except PartialFailure as e:
             if json_out and e.result is not None:
                 print_json(e.result)

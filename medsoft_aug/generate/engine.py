@@ -1,0 +1,235 @@
+"""Batched soft-mask inpainting (paper Eq. 7-8) on diffusers' ``DDIMScheduler``, one sample per batch row.
+
+Why not ``StableDiffusionInpaintPipeline`` (see DESIGN.md): it binarizes masks, downsamples them with nearest
+neighbour, encodes the whole image instead of ``I_m`` and tiles one e_MSC across the batch. Here every row of a
+batch has its own soft mask, prompt embedding, e_MSC and seed, so mixed batches are exact and fast.
+
+Per sample ``b`` (shapes for one row; ``R`` = model resolution, ``h = w = R / f`` the latent size):
+
+1. ``x0`` (H, W) in [0,1] and ``M_b`` (H, W) in [0,1] at the donor's native grid; resized to (R, R).
+2. ``z_m = VAE(I_m)``, ``I_m = x0 * (1 - M_b)`` (Eq. 2), latent mean times the VAE scaling factor: (4, h, w).
+   (``blend="donor"``: ``z_m = VAE(x0)`` instead - see :class:`SamplingOptions`.)
+3. ``m_b`` = ``M_b`` area-downsampled to (h, w).
+4. Its own ``torch.Generator(seed)`` (on CPU, so results do not depend on the device) draws, in this order:
+   the initial noise ``eps`` (4, h, w), then one DDIM variance-noise tensor per step when ``eta > 0``.
+5. For each DDIM step t: classifier-free guidance over a 2B batch (uncond = empty-text embedding + zero e_MSC),
+   ``p_{t-1}`` = DDIM step (Eq. 8), then ``z_{t-1} = p_{t-1} * m_b + z_{m,t-1} * (1 - m_b)`` (Eq. 7) with
+   ``z_{m,t-1}`` = ``z_m`` noised with ``eps`` to the level of the next timestep (clean ``z_m`` after the last).
+6. Decode, to grayscale [0,1], resize back to (H, W), and composite in pixel space:
+   ``out = x0 * (1 - M_b) + decoded * M_b``: pixels where ``M_b == 0`` are exactly the donor's.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger("medsoft_aug.generate.engine")
+
+
+@dataclass
+class SamplingOptions:
+    steps: int = 50          # DDIM steps
+    guidance: float = 7.5    # classifier-free guidance scale (<= 1 disables the unconditional pass)
+    eta: float = 0.0         # DDIM eta: 0 deterministic; > 0 adds sigma_t z per step (Eq. 8)
+    # Latent kept outside the mask in Eq. 7: "masked" = VAE(I_m), the paper's text; "donor" = VAE(x0) (as diffusers'
+    # inpaint pipeline does). Identical where M_b == 0. With soft masks, I_m is darkened wherever 0 < M_b < 1, and
+    # that dark band (and the black hole it surrounds) is context the UNet never saw in training (it is trained on
+    # VAE(x0)); on the tiny demo model it pulls every inpainted lesion darker, whatever the class.
+    blend: str = "masked"
+
+
+def resolve_device(device: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """``auto``: CUDA with fp16 when available, else CPU float32 (with a warning: real models are slow there)."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda"), torch.float16
+        log.warning("no CUDA device: generating on the CPU in float32; real (SD1.5-sized) models are very slow "
+                    "there, tiny models are fine")
+        return torch.device("cpu"), torch.float32
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from ..errors import UsageError
+
+        raise UsageError("--device cuda requested but CUDA is not available")
+    return dev, (torch.float16 if dev.type == "cuda" else torch.float32)
+
+
+def unet_conditioning(unet, text_emb: torch.Tensor, e_msc: Optional[torch.Tensor]) -> dict:
+    """UNet keyword arguments for text embeddings (B, L, C) and e_MSC (B, D) (one decoupled token per sample).
+
+    With an ``encoder_hid_proj`` of type ``ip_image_proj`` (``models.adapter.install_adapter``) the feature goes
+    through ``added_cond_kwargs``; otherwise W'_k / W'_v read e_MSC directly through the (text, [ip]) tuple that
+    ``IPAdapterAttnProcessor2_0`` unpacks. ``e_msc=None``: text only (a model without the adapter).
+    """
+    if e_msc is None:
+        return {"encoder_hidden_states": text_emb}
+    ip = e_msc[:, None, :]
+    if getattr(unet, "encoder_hid_proj", None) is not None and \
+            getattr(unet.config, "encoder_hid_dim_type", None) == "ip_image_proj":
+        return {"encoder_hidden_states": text_emb, "added_cond_kwargs": {"image_embeds": [ip]}}
+    return {"encoder_hidden_states": (text_emb, [ip])}
+
+
+def vae_scale_factor(vae) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def to_model_grid(arr: np.ndarray, resolution: int) -> torch.Tensor:
+    """(H, W) float array -> (1, 1, R, R) float32 tensor, bilinear with antialiasing (no-op at the same size)."""
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
+    if t.shape[-2:] == (resolution, resolution):
+        return t
+    return F.interpolate(t, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+
+
+def to_native_grid(img: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
+    """(1, 1, R, R) tensor -> (H, W) float32 array (bilinear, antialiased when shrinking)."""
+    img = img.float()
+    if tuple(img.shape[-2:]) != tuple(shape):
+        img = F.interpolate(img, size=tuple(shape), mode="bilinear", antialias=True, align_corners=False)
+    return img[0, 0].cpu().numpy().astype(np.float32)
+
+
+def masked_image(x0: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Eq. 2: ``I_m = x0 * (1 - M_b)``; both (H, W) in [0, 1]."""
+    return (x0.astype(np.float32) * (1.0 - mask.astype(np.float32))).astype(np.float32)
+
+
+def composite(x0: np.ndarray, decoded: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Pixel-space soft blend ``x0 * (1 - M_b) + decoded * M_b``: exactly ``x0`` where ``M_b == 0``."""
+    x0 = x0.astype(np.float32)
+    m = mask.astype(np.float32)
+    dec = np.nan_to_num(decoded.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    out = x0 * (1.0 - m) + dec * m
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+class InpaintEngine:
+    """Batched DDIM soft-mask inpainting with per-sample masks, prompts, e_MSC and seeds.
+
+    Args:
+        unet: diffusers ``UNet2DConditionModel`` with decoupled cross-attention processors installed.
+        vae: diffusers ``AutoencoderKL`` (3-channel images in [-1, 1]).
+        scheduler: any diffusers scheduler whose config ``DDIMScheduler.from_config`` accepts (a fresh DDIM
+            scheduler is made from it; the argument is not modified).
+        resolution: model image size R (pixels, square).
+    """
+
+    def __init__(self, unet, vae, scheduler, resolution: int):
+        from diffusers import DDIMScheduler
+
+        self.unet = unet
+        self.vae = vae
+        self.scheduler = DDIMScheduler.from_config(scheduler.config)
+        self.resolution = int(resolution)
+        self.factor = vae_scale_factor(vae)
+        self.scaling = float(getattr(vae.config, "scaling_factor", 0.18215))
+        self.device = next(unet.parameters()).device
+        self.dtype = next(unet.parameters()).dtype
+        self.latent_ch = int(unet.config.in_channels)
+
+    # -- pieces ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, images01: torch.Tensor) -> torch.Tensor:
+        """(B, 1, R, R) in [0,1] -> latents (B, 4, h, w): VAE posterior mean times the scaling factor."""
+        x = (images01 * 2.0 - 1.0).expand(-1, 3, -1, -1).to(self.device, self.vae.dtype)
+        return self.vae.encode(x).latent_dist.mean * self.scaling
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (B, 4, h, w) -> grayscale (B, 1, R, R) float32 in [0, 1] (mean of the 3 channels)."""
+        x = self.vae.decode(latents.to(self.vae.dtype) / self.scaling).sample.float()
+        return ((x.mean(dim=1, keepdim=True) + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def _noise(self, seeds: Sequence[int], shape: tuple[int, ...]) -> tuple[list[torch.Generator], torch.Tensor]:
+        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        eps = torch.cat([torch.randn((1, *shape), generator=g, dtype=torch.float32) for g in gens])
+        return gens, eps
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def denoise(self, x0: torch.Tensor, mask: torch.Tensor, text_emb: torch.Tensor, uncond_emb: torch.Tensor,
+                e_msc: torch.Tensor, seeds: Sequence[int], opts: SamplingOptions) -> torch.Tensor:
+        """Inpaint one batch at the model grid.
+
+        Args:
+            x0: (B, 1, R, R) donor images in [0, 1]. mask: (B, 1, R, R) soft masks M_b in [0, 1].
+            text_emb: (B, L, C) prompt embeddings. uncond_emb: (1, L, C) empty-prompt embedding.
+            e_msc: (B, D) medical semantic features, or None (text only). seeds: B ints (one generator each).
+        Returns:
+            (B, 1, R, R) float32 decoded images in [0, 1] on the CPU (not yet composited).
+        """
+        b = x0.shape[0]
+        if not (mask.shape[0] == text_emb.shape[0] == len(seeds) == b) or (e_msc is not None and len(e_msc) != b):
+            raise ValueError("batch sizes of images, masks, prompts, e_MSC and seeds differ")
+        dev, dt = self.device, self.dtype
+        h = w = self.resolution // self.factor
+        sched = self.scheduler
+        sched.set_timesteps(int(opts.steps), device=dev)
+        timesteps = sched.timesteps
+
+        if opts.blend not in ("masked", "donor"):
+            raise ValueError(f"blend must be 'masked' or 'donor', got {opts.blend!r}")
+        keep = x0 * (1.0 - mask) if opts.blend == "masked" else x0                       # I_m (Eq. 2) or x0
+        z_m = self.encode(keep).to(dt)                                                   # (B, 4, h, w)
+        m_b = F.interpolate(mask.float(), size=(h, w), mode="area").to(dev, dt)          # (B, 1, h, w)
+        gens, eps = self._noise(seeds, (self.latent_ch, h, w))
+        eps = eps.to(dev, dt)
+        z = eps * sched.init_noise_sigma
+
+        cfg = opts.guidance > 1.0
+        text = text_emb.to(dev, dt)
+        e = None if e_msc is None else e_msc.to(dev, dt)
+        if cfg:
+            text = torch.cat([uncond_emb.to(dev, dt).expand(b, -1, -1), text])
+            e = None if e is None else torch.cat([torch.zeros_like(e), e])
+        cond = unet_conditioning(self.unet, text, e)
+        for i, t in enumerate(timesteps):
+            zin = torch.cat([z, z]) if cfg else z
+            zin = sched.scale_model_input(zin, t)
+            out = self.unet(zin, t, **cond).sample
+            if cfg:
+                eps_u, eps_c = out.chunk(2)
+                out = eps_u + opts.guidance * (eps_c - eps_u)
+            var_noise = None
+            if opts.eta > 0:
+                var_noise = torch.cat([torch.randn((1, *z.shape[1:]), generator=g, dtype=torch.float32)
+                                       for g in gens]).to(dev, dt)
+            p = sched.step(out, t, z, eta=float(opts.eta), variance_noise=var_noise).prev_sample   # Eq. 8
+            if i + 1 < len(timesteps):
+                z_m_t = sched.add_noise(z_m, eps, timesteps[i + 1:i + 2])
+            else:
+                z_m_t = z_m
+            z = p * m_b + z_m_t * (1.0 - m_b)                                            # Eq. 7
+        return self.decode(z).cpu()
+
+    def inpaint(self, donors: Sequence[np.ndarray], masks: Sequence[np.ndarray], text_emb: torch.Tensor,
+                uncond_emb: torch.Tensor, e_msc: Optional[torch.Tensor], seeds: Sequence[int],
+                opts: Optional[SamplingOptions] = None,
+                model_grid: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> list[np.ndarray]:
+        """Inpaint donors at their native grids.
+
+        Args:
+            donors: B arrays (H_b, W_b) float in [0, 1]. masks: B soft masks of the same shapes.
+            text_emb (B, L, C), uncond_emb (1, L, C), e_msc (B, D) or None, seeds: as in :meth:`denoise`.
+            model_grid: donors and masks already resized to (B, 1, R, R) (e.g. with the training resize);
+                default: bilinear antialiased resize of both.
+        Returns:
+            B float32 arrays (H_b, W_b) in [0, 1]: ``x0 * (1 - M_b) + decoded * M_b``.
+        """
+        opts = opts or SamplingOptions()
+        for d, m in zip(donors, masks):
+            if d.shape != m.shape:
+                raise ValueError(f"image shape {d.shape} and mask shape {m.shape} differ")
+        if model_grid is not None:
+            x0, mk = model_grid
+        else:
+            x0 = torch.cat([to_model_grid(d, self.resolution) for d in donors]).clamp(0, 1)
+            mk = torch.cat([to_model_grid(m, self.resolution) for m in masks]).clamp(0, 1)
+        dec = self.denoise(x0, mk, text_emb, uncond_emb, e_msc, seeds, opts)
+        return [composite(d, to_native_grid(dec[i:i + 1], d.shape), m) for i, (d, m) in enumerate(zip(donors, masks))]

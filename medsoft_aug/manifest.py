@@ -1,0 +1,139 @@
+"""The augmented-dataset manifest (``OUT/manifest.csv``): one row per real sample (all splits) and per synthetic one.
+
+Columns (``MANIFEST_COLUMNS``)::
+
+    sample_id      unique id (real: from WORK/index.csv; synthetic: syn-{class}-{k:05d})
+    patient_id     real: the patient; synthetic: the donor's patient (so patient-level splits stay leak-free)
+    split          train | val | test (synthetic rows are always train)
+    label          class name
+    origin         real | synthetic
+    image          path relative to the manifest's folder
+    mask           soft mask (.npy, float32 (H, W) in [0,1]) relative to the manifest's folder, or empty
+    donor_id       synthetic: the normal training sample inpainted; real: empty
+    prompt         synthetic: the lesion description used; real: empty
+    seed           synthetic: per-sample seed derived from (run seed, sample_id)
+    model          synthetic: MODEL_DIR reference (folder name)
+    model_sha256   synthetic: content hash of the model (from medsoft_model.json)
+    steps, guidance, eta   synthetic: DDIM sampling options
+    format         png | nifti | dicom
+    sha256         of the image file
+
+Written atomically; ``merge_manifests`` joins shard outputs with paths rebased to the merged file's folder.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from .errors import InputError, UsageError
+from .fsutil import atomic_write_csv
+
+MANIFEST_COLUMNS = ["sample_id", "patient_id", "split", "label", "origin", "image", "mask", "donor_id", "prompt",
+                    "seed", "model", "model_sha256", "steps", "guidance", "eta", "format", "sha256"]
+# Columns that may legitimately differ between two copies of the same row (paths depend on the folder).
+_PATH_COLUMNS = ("image", "mask")
+
+
+def empty_manifest() -> pd.DataFrame:
+    return pd.DataFrame(columns=MANIFEST_COLUMNS)
+
+
+def write_manifest(path: str | Path, rows: pd.DataFrame) -> None:
+    """Validate and write atomically (temp file + rename); rows sorted: real first, then by sample_id."""
+    missing = [c for c in MANIFEST_COLUMNS if c not in rows.columns]
+    if missing:
+        raise ValueError(f"manifest rows lack columns {missing}")
+    if rows["sample_id"].duplicated().any():
+        dup = rows.loc[rows["sample_id"].duplicated(), "sample_id"].iloc[0]
+        raise ValueError(f"duplicate sample_id {dup} in manifest")
+    df = rows[MANIFEST_COLUMNS].astype(str)
+    df = df.assign(_o=(df["origin"] != "real").astype(int)).sort_values(["_o", "sample_id"], kind="stable")
+    atomic_write_csv(path, df.drop(columns="_o"))
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read a manifest as strings; InputError when missing or lacking columns."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"manifest {p} not found")
+    try:
+        df = pd.read_csv(p, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise InputError(f"manifest {p} cannot be read: {' '.join(str(e).split())[:160]}") from None
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"manifest {p} lacks columns: {', '.join(missing)}")
+    return df
+
+
+@dataclass
+class MergeResult:
+    out: str
+    inputs: list[str]
+    n_rows: int
+    n_real: int
+    n_synthetic: int
+    duplicates: list[str] = field(default_factory=list)     # same sample listed identically more than once
+    models: list[str] = field(default_factory=list)          # distinct model_sha256 among synthetic rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": self.out, "inputs": self.inputs, "rows": self.n_rows, "real": self.n_real,
+                "synthetic": self.n_synthetic, "n_duplicates": len(self.duplicates),
+                "duplicates": self.duplicates[:50], "models": self.models}
+
+
+def _rebase(rel: str, src_dir: Path, dst_dir: Path) -> str:
+    if not rel:
+        return ""
+    return Path(os.path.relpath((src_dir / rel).resolve(), dst_dir.resolve())).as_posix()
+
+
+def merge_manifests(paths: Sequence[str | Path], out: str | Path) -> MergeResult:
+    """Join manifests (e.g. one per ``--shard K/N``) into one at ``out``.
+
+    Rows are keyed by ``sample_id``. The same sample listed with equal content (all columns but the image/mask
+    paths, hash included) is a duplicate: kept once and reported. Different content under one id is a conflict:
+    InputError naming the ids, nothing written. Image and mask paths are rewritten relative to ``out``'s folder;
+    a listed image that does not exist is an InputError. ``out`` may be a folder (then ``out/manifest.csv``).
+    """
+    if len(paths) < 1:
+        raise UsageError("manifest merge needs at least one manifest")
+    out = Path(out)
+    if out.is_dir() or str(out).endswith(("/", os.sep)):
+        out = out / "manifest.csv"
+    inputs = [Path(p) for p in paths]
+    if any(out.resolve() == p.resolve() for p in inputs):
+        raise UsageError(f"--out {out} is one of the input manifests; choose a new path")
+    frames = []
+    for p in inputs:
+        df = read_manifest(p)
+        for sid, img in zip(df["sample_id"], df["image"]):
+            if img and not (p.parent / img).is_file():
+                raise InputError(f"{sid}: image listed in {p} not found")
+        for col in _PATH_COLUMNS:
+            df[col] = [_rebase(v, p.parent, out.parent) for v in df[col]]
+        df["_src"] = str(p)
+        frames.append(df)
+    allrows = pd.concat(frames, ignore_index=True)
+    content = [c for c in MANIFEST_COLUMNS if c not in _PATH_COLUMNS]
+    duplicates, conflicts, keep = [], [], []
+    for sid, grp in allrows.groupby("sample_id", sort=False):
+        if len(grp) > 1:
+            if len(grp[content].drop_duplicates()) > 1:
+                conflicts.append(str(sid))
+            else:
+                duplicates.append(str(sid))
+        keep.append(grp.index[0])
+    if conflicts:
+        raise InputError(f"{len(conflicts)} sample(s) differ between manifests (conflict): "
+                         + ", ".join(conflicts[:5]) + (" ..." if len(conflicts) > 5 else ""))
+    merged = allrows.loc[sorted(keep)].drop(columns="_src")
+    write_manifest(out, merged)
+    syn = merged[merged["origin"] == "synthetic"]
+    return MergeResult(out=str(out), inputs=[str(p) for p in inputs], n_rows=len(merged),
+                       n_real=int((merged["origin"] == "real").sum()), n_synthetic=len(syn),
+                       duplicates=duplicates, models=sorted(set(syn["model_sha256"])))

@@ -1,0 +1,203 @@
+"""`balance` end to end on a synthetic WORK with tiny models: outputs, manifest, resume, shards, bad inputs."""
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from medsoft_aug.cli.app import app
+from medsoft_aug.fsutil import sha256_file
+from medsoft_aug.manifest import MANIFEST_COLUMNS, merge_manifests, read_manifest
+
+from _balance_helpers import fake_model_dir, one_thread, tiny_trained, write_work, writers_available
+
+COUNTS = {"normal": 6, "benign": 2, "malignant": 4}
+SPLITS = {"test": {"normal": 2, "benign": 1}, "val": {"malignant": 1}}
+DESCS = {"benign": ["bright round lesion"], "malignant": ["dark irregular lesion"]}
+FAST = ["--steps", "2", "--batch-size", "4", "--device", "cpu"]
+
+
+def _png16(path: Path, image01: np.ndarray) -> None:  # stand-in until generate/writers.py exists
+    from PIL import Image
+
+    from medsoft_aug.fsutil import atomic_path
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.round(np.clip(image01, 0, 1) * 65535).astype(np.uint16)).save(tmp, format="PNG")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    if not writers_available():
+        mp.setitem(sys.modules, "medsoft_aug.generate.writers", types.SimpleNamespace(write_png16=_png16))
+    trained = tiny_trained()
+    import medsoft_aug.generate.runner as runner
+
+    real_loader = runner._load_trained
+    mp.setattr(runner, "_load_trained", lambda *a, **k: trained)
+    root = tmp_path_factory.mktemp("bal")
+    work = write_work(root / "work", COUNTS, split_counts=SPLITS, descriptions=DESCS)
+    model = fake_model_dir(root / "model")
+    with one_thread():
+        yield types.SimpleNamespace(root=root, work=work, model=model, real_loader=real_loader)
+    mp.undo()
+
+
+def _run(*args):
+    r = CliRunner().invoke(app, ["balance", *map(str, args)])
+    return r
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path)).astype(np.float64) / 65535.0
+
+
+def test_dry_run_prints_plan_without_building_a_model(env, monkeypatch):
+    import torch
+
+    def boom(self, *a, **k):
+        raise AssertionError("a torch module was constructed during --dry-run")
+
+    monkeypatch.setattr(torch.nn.Module, "__init__", boom)
+    r = _run(env.work, "--dry-run")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["counts_before"] == COUNTS | {} and doc["to_generate"] == {"benign": 4, "malignant": 2}
+    assert doc["counts_after"] == {"benign": 6, "malignant": 6, "normal": 6}
+    assert sum(doc["donors"]["uses"].values()) == 6 and len(doc["items"]) == 6
+    assert doc["prompts"] == {"benign": ["bright round lesion"], "malignant": ["dark irregular lesion"]}
+
+
+def test_full_run_outputs_manifest_and_idempotent_rerun(env):
+    out = env.root / "out_full"
+    r = _run(env.work, "--model", env.model, "--out", out, "--json", *FAST)
+    assert r.exit_code == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["generated"] == 6 and summary["skipped"] == 0
+    man = read_manifest(out / "manifest.csv")
+    assert list(man.columns) == MANIFEST_COLUMNS
+    index = pd.read_csv(env.work / "index.csv", dtype=str, keep_default_na=False)
+    real = man[man.origin == "real"]
+    assert sorted(real.sample_id) == sorted(index.sample_id)           # every real sample, all splits
+    syn = man[man.origin == "synthetic"]
+    assert len(syn) == 6 and set(syn.split) == {"train"}
+    pid = dict(zip(index.sample_id, index.patient_id))
+    for _, row in man.iterrows():
+        assert sha256_file(out / row.image) == row.sha256
+    for _, row in syn.iterrows():
+        assert row.patient_id == pid[row.donor_id]
+        assert row.steps == "2" and row.guidance == "7.5" and row.model_sha256
+        img = _read_png(out / row.image)
+        donor = np.load(env.work / "slices" / f"{row.donor_id}.npy")
+        mask = np.load(out / row["mask"])
+        assert np.array_equal(mask, np.load(env.work / "masks" / f"{row.donor_id}.npy"))
+        zero = mask == 0
+        assert np.abs(img[zero] - donor[zero]).max() <= 0.5 / 65535 + 1e-9   # donor's pixels, 16-bit rounding
+        assert np.abs(img - donor)[mask > 0.5].mean() > 1e-3
+    rec = json.loads((out / "balance.json").read_text())
+    assert rec["status"] == "complete" and rec["plan"]["counts_after"]["benign"] == 6
+    assert rec["images_per_s"] > 0 and rec["timings"]["generate_s"] > 0
+
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*")}
+    r2 = _run(env.work, "--model", env.model, "--out", out, "--json", *FAST)
+    assert r2.exit_code == 0, r2.stderr
+    assert json.loads(r2.stdout)["generated"] == 0 and json.loads(r2.stdout)["skipped"] == 6
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*")} == before
+
+
+def test_resume_after_kill_and_shards_give_the_same_images(env, monkeypatch):
+    full = read_manifest(env.root / "out_full" / "manifest.csv") if (env.root / "out_full").exists() else None
+    if full is None:
+        pytest.skip("needs test_full_run_outputs_manifest_and_idempotent_rerun")
+    out = env.root / "out_killed"
+    import medsoft_aug.generate.runner as runner
+
+    orig, calls = runner.Generator._write, {"n": 0}
+
+    def dying_write(self, *a, **k):
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # as if killed while writing the 4th sample
+        calls["n"] += 1
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(runner.Generator, "_write", dying_write)
+    r = _run(env.work, "--model", env.model, "--out", out, "--steps", "2", "--batch-size", "2", "--device", "cpu")
+    assert r.exit_code == 130
+    man = read_manifest(out / "manifest.csv")
+    syn = man[man.origin == "synthetic"]
+    assert len(syn) == 2                                    # only whole batches are listed
+    assert all(sha256_file(out / p) == s for p, s in zip(syn.image, syn.sha256))
+    monkeypatch.setattr(runner.Generator, "_write", orig)
+    r = _run(env.work, "--model", env.model, "--out", out, "--json", "--steps", "2", "--batch-size", "3",
+             "--device", "cpu")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["skipped"] == 2 and json.loads(r.stdout)["generated"] == 4
+    _same_images(env.root / "out_full", full, out, read_manifest(out / "manifest.csv"))
+
+    outs = []
+    for k in (1, 2):
+        o = env.root / f"shard{k}"
+        r = _run(env.work, "--model", env.model, "--out", o, "--shard", f"{k}/2", *FAST)
+        assert r.exit_code == 0, r.stderr
+        outs.append(o / "manifest.csv")
+    res = merge_manifests(outs + [outs[1]], env.root / "merged" / "manifest.csv")
+    assert res.n_synthetic == 6 and res.n_real == len(full) - 6 and len(res.duplicates) == 3
+    merged = read_manifest(env.root / "merged" / "manifest.csv")
+    _same_images(env.root / "out_full", full, env.root / "merged", merged)
+
+
+def _same_images(dir_a, man_a, dir_b, man_b):
+    """Same samples; real images byte-identical; synthetic ones equal within float noise of batching (CPU
+    convolutions sum in a batch-size-dependent order) and 16-bit rounding."""
+    a, b = man_a.set_index("sample_id"), man_b.set_index("sample_id")
+    assert sorted(a.index) == sorted(b.index)
+    for sid in a.index:
+        if a.loc[sid, "origin"] == "real":
+            assert a.loc[sid, "sha256"] == b.loc[sid, "sha256"]
+        else:
+            assert a.loc[sid, "seed"] == b.loc[sid, "seed"] and a.loc[sid, "donor_id"] == b.loc[sid, "donor_id"]
+            np.testing.assert_allclose(_read_png(dir_a / a.loc[sid, "image"]), _read_png(dir_b / b.loc[sid, "image"]),
+                                       atol=3e-4)
+
+
+def test_bad_inputs_exit_3(env, tmp_path):
+    r = _run(env.work, "--model", tmp_path / "nope", "--out", tmp_path / "o1", *FAST)
+    assert r.exit_code == 3 and r.stderr.startswith("Error: ") and "Traceback" not in r.stderr
+    assert not (tmp_path / "o1").exists()
+    broken = write_work(tmp_path / "w2", {"normal": 3, "benign": 1})
+    (broken / "masks.csv").unlink()
+    r = _run(broken, "--model", env.model, "--out", tmp_path / "o2", *FAST)
+    assert r.exit_code == 3 and "masks build" in r.stderr
+    changed = write_work(tmp_path / "w3", {"normal": 3, "benign": 1})
+    (changed / "masks.json").write_text(json.dumps({"inputs": {"index.csv": sha256_file(changed / "index.csv")}}))
+    with open(changed / "index.csv", "a") as fh:
+        fh.write("\n")
+    r = _run(changed, "--model", env.model, "--out", tmp_path / "o3", *FAST)
+    assert r.exit_code == 3 and "changed since the masks were built" in r.stderr
+    r = _run(env.work, "--model", env.model, "--out", env.root / "out_full", "--steps", "3", "--device", "cpu")
+    assert r.exit_code == 3 and "other options (steps)" in r.stderr.replace("\n", " ")
+    r = _run(env.work, "--model", env.model, "--out", tmp_path / "o4", "--shard", "3/2")
+    assert r.exit_code == 2
+
+
+def test_real_model_dir_loads_and_other_base_is_refused(env, tmp_path, monkeypatch):
+    import medsoft_aug.generate.runner as runner
+    from _balance_helpers import save_tiny_model_dir
+
+    monkeypatch.setattr(runner, "_load_trained", env.real_loader)    # the real load_model_dir path
+    good = save_tiny_model_dir(tmp_path / "m_good")
+    r = _run(env.work, "--model", good, "--out", tmp_path / "o", "--classes", "malignant", "--json", *FAST)
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["generated"] == 2
+    other = save_tiny_model_dir(tmp_path / "m_other", base_sha256="0" * 64)
+    r = _run(env.work, "--model", other, "--out", tmp_path / "o2", *FAST)
+    assert r.exit_code == 3 and "trained on base" in r.stderr and not (tmp_path / "o2").exists()

@@ -1,0 +1,134 @@
+"""Plan arithmetic, donors, prompts, seeds, shards (pure; no model, no disk)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from medsoft_aug.errors import InputError, UsageError
+from medsoft_aug.generate.plan import (derive_seed, n_to_generate, parse_shard, plan_balance, prompt_key,
+                                       shard_items)
+from medsoft_aug.generate.prompts import default_prompts
+
+from _balance_helpers import make_index, make_masks
+
+PROMPTS = {"benign": ["bright round lesion"], "malignant": ["dark lesion a", "dark lesion b"]}
+
+
+def _plan(counts, **kw):
+    idx = make_index(counts, split_counts=kw.pop("split_counts", None), descriptions=kw.pop("descriptions", None))
+    return plan_balance(idx, make_masks(idx, bad=kw.pop("bad", ())), prompts=kw.pop("prompts", PROMPTS), **kw)
+
+
+def test_ratio_one_fills_every_class_to_normal():
+    p = _plan({"normal": 10, "benign": 3, "malignant": 1})
+    assert p.to_generate == {"benign": 7, "malignant": 9}
+    assert p.counts_after == {"benign": 10, "malignant": 10, "normal": 10}
+    assert len(p.items) == 16
+
+
+@pytest.mark.parametrize("n_normal,n_c,ratio", [(7, 0, 0.5), (7, 1, 0.5), (30, 2, 0.1), (10, 0, 0.3),
+                                                (3, 0, 1 / 3), (100, 7, 0.07)])
+def test_counts_match_hand_formula(n_normal, n_c, ratio):
+    # Independent reference: exact decimal arithmetic by hand (r printed with repr, times N, rounded up).
+    from decimal import ROUND_CEILING, Decimal
+
+    target = int((Decimal(repr(ratio)) * n_normal).to_integral_value(rounding=ROUND_CEILING))
+    assert n_to_generate(ratio, n_normal, n_c) == max(0, target - n_c)
+
+
+def test_ratio_half_rounds_up_without_float_error():
+    p = _plan({"normal": 7, "benign": 1, "malignant": 0}, ratio=0.5, classes=["benign", "malignant"])
+    assert p.target == {"benign": 4, "malignant": 4}          # ceil(3.5)
+    assert p.to_generate == {"benign": 3, "malignant": 4}
+    assert n_to_generate(0.07, 100, 0) == 7                    # 0.07 * 100 = 7.000000000000001 in floats
+    assert math.ceil(0.07 * 100) == 8                          # ... which a naive ceil gets wrong
+
+
+def test_class_above_target_gets_none_and_empty_class_gets_all():
+    p = _plan({"normal": 6, "benign": 9}, classes=["benign", "malignant"],
+              split_counts={"test": {"malignant": 2}})
+    assert p.counts_before.get("malignant", 0) == 0            # test rows never count
+    assert p.to_generate == {"benign": 0, "malignant": 6}
+    assert all(it.label == "malignant" for it in p.items)
+
+
+def test_classes_restricts_and_unknown_class_is_input_error():
+    p = _plan({"normal": 5, "benign": 1, "malignant": 1}, classes=["benign"])
+    assert set(p.to_generate) == {"benign"}
+    with pytest.raises(InputError, match="unknown class 'tumour'"):
+        _plan({"normal": 5, "benign": 1}, classes=["tumour"])
+
+
+def test_donors_spread_evenly_and_only_ok_normals_from_train():
+    counts = {"normal": 7, "benign": 0, "malignant": 0}
+    p = _plan(counts, classes=["benign", "malignant"], bad=("train-normal-002",),
+              split_counts={"test": {"normal": 3}})
+    uses = p.donor_uses()
+    assert "train-normal-002" not in uses and not any(d.startswith("test-") for d in uses)
+    assert len(uses) == 6 and sum(uses.values()) == 14
+    assert max(uses.values()) - min(uses.values()) <= 1
+
+
+def test_deterministic_and_seed_dependent():
+    a = _plan({"normal": 9, "benign": 2, "malignant": 3}, seed=5)
+    b = _plan({"normal": 9, "benign": 2, "malignant": 3}, seed=5)
+    c = _plan({"normal": 9, "benign": 2, "malignant": 3}, seed=6)
+    assert a.items == b.items
+    assert [i.seed for i in a.items] != [i.seed for i in c.items]
+    assert [i.donor_id for i in a.items] != [i.donor_id for i in c.items]
+    assert len({i.seed for i in a.items}) == len(a.items)
+    assert len({i.sample_id for i in a.items}) == len(a.items)
+    assert a.items[0].sample_id == "syn-benign-00000"
+    assert a.items[0].seed == derive_seed(5, "syn-benign-00000")
+
+
+def test_prompts_from_descriptions_and_file():
+    descs = {"benign": ["real desc one", "real desc two"]}
+    p = _plan({"normal": 4, "benign": 2, "malignant": 1}, descriptions=descs)
+    assert p.prompt_source == {"benign": "descriptions", "malignant": "file"}
+    assert {i.prompt for i in p.items if i.label == "benign"} == {"real desc one", "real desc two"}
+    assert {i.prompt for i in p.items if i.label == "malignant"} == {"dark lesion a", "dark lesion b"}
+    p2 = _plan({"normal": 4, "benign": 2}, descriptions=descs, prompt_mode="file")
+    assert {i.prompt for i in p2.items} == {"bright round lesion"}
+    with pytest.raises(InputError, match="no prompt for class 'odd'"):
+        _plan({"normal": 4, "odd": 1})
+
+
+def test_shipped_defaults_cover_tumour_and_rsna_classes_with_level():
+    d = default_prompts()
+    for cls in ("benign", "malignant", "hemangioma", "metastasis", "Spinal Canal Stenosis/Moderate",
+                "left_neural_foraminal_narrowing_severe", "right neural foraminal narrowing moderate"):
+        assert prompt_key(cls) in d, cls
+    p = _plan({"normal": 3, "spinal_canal_stenosis_severe": 1}, prompts=d)
+    assert all("at L3" in i.prompt for i in p.items)
+
+
+def test_bad_ratio_and_no_normals():
+    with pytest.raises(UsageError):
+        _plan({"normal": 3, "benign": 1}, ratio=0.0)
+    with pytest.raises(InputError, match="normal class"):
+        _plan({"benign": 3})
+
+
+def test_shards_partition_the_plan():
+    p = _plan({"normal": 20, "benign": 3, "malignant": 5})
+    parts = [shard_items(p.items, k, 3) for k in (1, 2, 3)]
+    ids = [i.sample_id for part in parts for i in part]
+    assert sorted(ids) == sorted(i.sample_id for i in p.items) and len(set(ids)) == len(ids)
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert parse_shard("2/3") == (2, 3) and parse_shard(None) == (1, 1)
+    for bad in ("0/3", "4/3", "a/b", "1"):
+        with pytest.raises(UsageError):
+            parse_shard(bad)
+
+
+def test_real_descriptions_are_moved_to_the_donors_level():
+    idx = make_index({"normal": 4, "benign": 1}, descriptions={"benign": ["round bright lesion in the L3 body, "
+                                                                           "not L3/L4"]})
+    idx.loc[idx.label == "normal", "level"] = ["L1", "L5", "L2", "L3"]
+    level = dict(zip(idx.sample_id, idx.level))
+    p = plan_balance(idx, make_masks(idx), prompts=PROMPTS)
+    assert len(p.items) == 3
+    for it in p.items:
+        assert it.prompt == f"round bright lesion in the {level[it.donor_id]} body, not L3/L4"
