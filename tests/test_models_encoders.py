@@ -141,3 +141,20 @@ def test_native_open_clip_vit_tower(tmp_path):
     raw = native.model.encode_image(native.preprocess(x))
     assert torch.allclose(tokens.mean(1), raw, atol=1e-5)
     assert torch.allclose(native.image_embed(x), F.normalize(raw, dim=-1), atol=1e-6)
+
+
+def test_bin_only_folder_is_loaded_by_open_clip_with_a_warning(saved_dir, tmp_path, caplog):
+    """A hub-style folder with only open_clip_pytorch_model.bin (no safetensors): open_clip loads it itself
+    (torch.load with weights_only=True); we say so in the log."""
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "bin_only"
+    shutil.copytree(saved_dir, folder)
+    state = load_file(str(folder / "open_clip_model.safetensors"))
+    (folder / "open_clip_model.safetensors").unlink()
+    torch.save(state, folder / "open_clip_pytorch_model.bin")
+    with caplog.at_level("WARNING", logger="medsoft_aug.models.encoders"):
+        enc = load_encoder(str(folder))
+    assert "weights_only=True" in caplog.text
+    x = torch.rand(1, 1, 48, 48, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(enc.image_embed(x), tiny_encoder().image_embed(x))

@@ -8,7 +8,9 @@ This fits, on one or more ingested + masked WORK folders (64 x 64 slices):
    slices; its ``scaling_factor`` is set to 1 / std of the training latents (as SD's 0.18215);
 3. the UNet and CLIP text encoder together (full training, epsilon prediction, DDPM schedule), conditioned on the
    row's text (lesion description; "" for normal rows and, for classifier-free guidance, for 10% of rows),
-   with the loss weighted 1 + ``lesion_weight`` * m_b so that capacity goes to the soft-mask region; EMA weights.
+   with the loss weighted in space by 1 + ``lesion_weight`` * m_b + ``spot_weight`` * (a Gaussian at the lesion
+   centre x, y of diseased rows) and in time by min-SNR-5, so that capacity goes to the lesion; EMA weights.
+   ``--init`` continues an earlier output (same tokenizer; ``--vae-steps 0`` keeps its VAE).
 
 It then checks the result on ``--eval-work`` (or the first WORK's non-training rows): VAE PSNR, and soft-mask
 inpainting (Eq. 7 blending, DDIM) of normal slices with a benign vs a malignant description, reporting the

@@ -87,7 +87,7 @@ medsoft-aug masks build /tmp/phw
 medsoft-aug ingest --labels sample_data/labels.csv --images sample_data --out /tmp/mw_s && medsoft-aug masks build /tmp/mw_s
 {commands}
 ```
-(`medsoft_aug.models.tiny_fit`: VAE fitted first, then UNet + text encoder trained together, EMA weights{more})
+(`medsoft_aug.models.tiny_fit`: VAE fitted first, then UNet + text encoder trained together, EMA weights{more}.)
 {rec['train_rows']} ingested + masked 64 x 64 slices ({', '.join(f'{k} {v}' for k, v in rec['labels'].items())}),
 {g('vae_steps_all', rec['vae_steps'])} VAE steps and {g('unet_steps_all', rec['unet_steps'])} UNet steps of batch {rec['batch']}.
 Time: {g('total_seconds_all', rec['total_seconds']) / 60:.1f} min in all on {rec['machine']} shared with other
