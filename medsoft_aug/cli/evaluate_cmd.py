@@ -86,8 +86,8 @@ def quality(
     balance_out: Annotated[Optional[Path], typer.Option(
         "--balance-out", help="A `balance` output folder: also measure background fidelity (PSNR outside the "
         "mask of each synthetic image against its donor).")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="DDIM steps (default: the model's).")] = None,
-    guidance: Annotated[Optional[float], typer.Option("--guidance", help="CFG scale (default: the model's).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="DDIM steps (default 50, as in the paper).")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale (default 7.5, as in the paper).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inpainting batch size.")] = 8,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Use at most this many test samples.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Run seed for the inpainting noise.")] = 0,
