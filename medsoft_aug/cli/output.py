@@ -72,6 +72,11 @@ def guarded(fn: Callable) -> Callable:
                 traceback.print_exc(file=sys.stderr)
             error_line(str(e))
             raise typer.Exit(e.exit_code)
+        except BrokenPipeError:
+            # The reader of stdout went away (`... | head`): stop quietly like a tool killed by SIGPIPE.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(141)
         except KeyboardInterrupt:
             error_line("interrupted; rerun the same command to resume")
             raise typer.Exit(130)
