@@ -55,8 +55,8 @@ def write_manifest(path: str | Path, rows: pd.DataFrame) -> None:
     atomic_write_csv(path, df.drop(columns="_o"))
 
 
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read a manifest as strings; InputError when missing or lacking columns."""
+def read_manifest(path: str | Path, required: Sequence[str] = tuple(MANIFEST_COLUMNS)) -> pd.DataFrame:
+    """Read a manifest as strings; InputError when missing, unreadable or lacking any ``required`` column."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"manifest {p} not found")
@@ -64,9 +64,9 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         df = pd.read_csv(p, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise InputError(f"manifest {p} cannot be read: {' '.join(str(e).split())[:160]}") from None
-    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    missing = [c for c in required if c not in df.columns]
     if missing:
-        raise InputError(f"manifest {p} lacks columns: {', '.join(missing)}")
+        raise InputError(f"manifest {p} is missing columns: {', '.join(missing)}")
     return df
 
 

@@ -36,7 +36,7 @@ def test_schema_order_and_validation(tmp_path):
     with pytest.raises(ValueError, match="duplicate"):
         write_manifest(tmp_path / "x.csv", pd.concat([df, df]))
     (tmp_path / "bad.csv").write_text("sample_id,label\na,b\n")
-    with pytest.raises(InputError, match="lacks columns"):
+    with pytest.raises(InputError, match="missing columns"):
         read_manifest(tmp_path / "bad.csv")
     assert not list(tmp_path.glob(".x.csv*"))                  # no temp file left behind
 

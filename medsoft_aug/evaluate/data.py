@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..manifest import read_manifest as _read_manifest_csv
 
 log = logging.getLogger("medsoft_aug.evaluate.data")
 
@@ -24,15 +25,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     """Read and validate a manifest: required columns, known ``origin`` values, unique ids, ``donor_id`` for
     synthetic rows. Raises :class:`InputError` (exit 3) naming the problem."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"manifest {path} not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise InputError(f"manifest {path} is not a readable CSV ({type(e).__name__})") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise InputError(f"manifest {path} is missing columns: {', '.join(missing)}")
+    df = _read_manifest_csv(path, required=REQUIRED_COLUMNS)
     if df.empty:
         raise InputError(f"manifest {path} has no rows")
     bad = sorted(set(df["origin"]) - set(ORIGINS))
