@@ -16,6 +16,9 @@ def demo_command(
     train_steps: Annotated[int, typer.Option(
         "--train-steps", help="Training steps per stage (MSC, then SMIS) of the tiny model.")] = 300,
     steps: Annotated[int, typer.Option("--steps", help="DDIM steps when generating (paper: 50).")] = 50,
+    guidance: Annotated[float, typer.Option(
+        "--guidance", help="Classifier-free guidance scale (paper: 7.5; the demo's tiny base model needs more to "
+        "make its lesions clearly visible).")] = 15.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of training and generation.")] = 0,
     device: Annotated[str, typer.Option("--device", help="cpu (default: the tiny models are made for it), "
                                         "auto, cuda.")] = "cpu",
@@ -32,8 +35,8 @@ def demo_command(
     from ..api import demo
 
     with progress_reporter() as on_progress:
-        res = demo(out, train_steps=train_steps, steps=steps, seed=seed, device=device, threads=threads or None, blend=blend,
-                   on_progress=on_progress)
+        res = demo(out, train_steps=train_steps, steps=steps, guidance=guidance, seed=seed, device=device,
+                   threads=threads or None, blend=blend, on_progress=on_progress)
     if json_out:
         print_json(res)
         return

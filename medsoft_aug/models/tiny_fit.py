@@ -141,12 +141,15 @@ def decode_gray(vae, z: torch.Tensor) -> torch.Tensor:
 
 def train_unet(model: BaseModel, data: dict, steps: int, batch: int, seed: int, lr: float = 1e-3,
                lesion_weight: float = 4.0, spot_weight: float = 8.0, min_snr: float = 5.0, p_uncond: float = 0.1,
-               ema_decay: float = 0.995, on_progress: ProgressFn = None) -> list[float]:
+               ema_decay: float = 0.995, class_balance: bool = False,
+               on_progress: ProgressFn = None) -> list[float]:
     """Full training of model.unet and model.text_encoder on the latents of ``data`` (EMA weights kept).
 
     Loss: epsilon MSE weighted in space by 1 + lesion_weight * m_b + spot_weight * (Gaussian at the lesion centre
     of diseased rows), and in time by min-SNR-gamma (min(SNR, gamma) / SNR, Hang et al. 2023) so that the
-    unpredictable noise texture of low noise levels does not drown the lesion's appearance."""
+    unpredictable noise texture of low noise levels does not drown the lesion's appearance.
+    ``class_balance``: draw rows with probability 1 / (rows of their label), so each label (normal, benign,
+    malignant) fills an equal share of every batch on average instead of normal rows dominating."""
     g = torch.Generator().manual_seed(seed)
     sf = float(model.vae.config.scaling_factor)
     mean, std = encode_latents(model.vae, data["image"])
@@ -166,11 +169,17 @@ def train_unet(model: BaseModel, data: dict, steps: int, batch: int, seed: int, 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     tok = model.tokenizer
     texts = data["text"]
+    labels = data["label"]
+    counts = {k: labels.count(k) for k in set(labels)}
+    probs = torch.tensor([1.0 / counts[k] for k in labels], dtype=torch.float64) if class_balance else None
     losses = []
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = _lr(step, steps, lr)
-        idx = torch.randint(0, mean.shape[0], (batch,), generator=g)
+        if probs is not None:
+            idx = torch.multinomial(probs, batch, replacement=True, generator=g)
+        else:
+            idx = torch.randint(0, mean.shape[0], (batch,), generator=g)
         z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * sf
         eps = torch.randn(z0.shape, generator=g)
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=g)
@@ -226,18 +235,22 @@ def inpaint(model: BaseModel, x0: torch.Tensor, mask: torch.Tensor, texts: list[
 
 
 def evaluate(model: BaseModel, data: dict, train_texts: list[str], train_labels: list[str],
-             sheet: Optional[Path], n_show: int = 6, seed: int = 0) -> dict:
-    """VAE PSNR on ``data`` and benign vs malignant inpainting into its normal rows (mask-mean intensities)."""
+             sheet: Optional[Path], n_show: int = 6, seed: int = 0, guidance: float = 7.5) -> dict:
+    """VAE PSNR on ``data`` and benign vs malignant inpainting into its normal rows (mask-mean intensities).
+
+    Each inpainted slice gets its own description of the class (the class's distinct training descriptions in
+    turn), as the balance stage does, rather than one description for all: a single description's result
+    depends much on that description. The contact sheet shows the z_m = VAE(x0) results (the demo's blend)."""
     mean, _ = encode_latents(model.vae, data["image"])
     rec = decode_gray(model.vae, mean)
     out: dict = {"eval_rows": int(data["image"].shape[0]),
                  "vae_psnr_db": round(psnr(rec, data["image"]), 2),
                  "vae_psnr_db_in_mask": round(psnr(rec, data["image"], weight=data["mask"]), 2)}
-    prompts = {}
+    prompts: dict[str, list[str]] = {}
     for cls in ("benign", "malignant"):
-        cand = [t for t, lab in zip(train_texts, train_labels) if lab == cls and t]
+        cand = list(dict.fromkeys(t for t, lab in zip(train_texts, train_labels) if lab == cls and t))
         if cand:
-            prompts[cls] = cand[0]
+            prompts[cls] = cand
     normal = [i for i, t in enumerate(data["text"]) if t == ""]
     panels = {}
     if normal and prompts:
@@ -245,13 +258,18 @@ def evaluate(model: BaseModel, data: dict, train_texts: list[str], train_labels:
         x0, mk = data["image"][sel], data["mask"][sel]
         core = (mk > 0.5).float()
         out["mask_mean_original"] = round(float((x0 * core).sum() / core.sum()), 4)
+        out["eval_guidance"] = guidance
+        out["eval_normal_rows"] = int(len(sel))
         for known in ("masked", "full"):
-            for cls, text in list(prompts.items()) + [("empty", "")]:
-                gen = inpaint(model, x0, mk, [text] * len(sel), seed=seed, known=known)
+            for cls, texts in list(prompts.items()) + [("empty", [""])]:
+                per_row = [texts[i % len(texts)] for i in range(len(sel))]
+                gen = inpaint(model, x0, mk, per_row, seed=seed, known=known, guidance=guidance)
                 sfx = "" if known == "masked" else "_known_x0"
-                if known == "masked":
+                if known == "full":
                     panels[cls] = gen
-                    out[f"prompt_{cls}"] = text
+                else:
+                    out[f"prompt_{cls}"] = per_row[0]
+                    out[f"prompts_{cls}"] = len(set(per_row))
                 out[f"mask_mean_{cls}{sfx}"] = round(float((gen * core).sum() / core.sum()), 4)
                 out[f"mask_p95_{cls}{sfx}"] = round(float(torch.quantile(gen[core > 0], 0.95)), 4)
                 out[f"mask_p05_{cls}{sfx}"] = round(float(torch.quantile(gen[core > 0], 0.05)), 4)
@@ -264,8 +282,9 @@ def evaluate(model: BaseModel, data: dict, train_texts: list[str], train_labels:
 
 def fit_tiny_base(works: list[Path], out: Path, eval_work: Optional[Path] = None,
                   splits: tuple[str, ...] = ("train",), vae_steps: int = 600, unet_steps: int = 1500,
-                  batch: int = 16, seed: int = 0, init: Optional[Path] = None,
-                  on_progress: ProgressFn = None) -> dict:
+                  batch: int = 16, seed: int = 0, init: Optional[Path] = None, lr: float = 1e-3,
+                  lesion_weight: float = 4.0, spot_weight: float = 8.0, class_balance: bool = False,
+                  eval_guidance: float = 7.5, on_progress: ProgressFn = None) -> dict:
     """Fit and save the tiny base model (see module docstring); returns the fit record (also OUT/fit.json).
     ``init``: continue from an earlier tiny_fit output (its tokenizer is kept; ``vae_steps`` may be 0)."""
     t0 = time.time()
@@ -296,7 +315,8 @@ def fit_tiny_base(works: list[Path], out: Path, eval_work: Optional[Path] = None
         model.vae.register_to_config(scaling_factor=float(1.0 / mean.std()))
     sf = float(model.vae.config.scaling_factor)
     t = time.time()
-    unet_losses = train_unet(model, data, unet_steps, batch, seed + 1, on_progress=on_progress)
+    unet_losses = train_unet(model, data, unet_steps, batch, seed + 1, lr=lr, lesion_weight=lesion_weight,
+                             spot_weight=spot_weight, class_balance=class_balance, on_progress=on_progress)
     unet_s = time.time() - t
     for m in (model.unet, model.vae, model.text_encoder):
         m.eval().requires_grad_(False)
@@ -310,7 +330,11 @@ def fit_tiny_base(works: list[Path], out: Path, eval_work: Optional[Path] = None
     command = ("python -m medsoft_aug.models.tiny_fit " + " ".join(f"--work {w}" for w in works) +
                (f" --eval-work {eval_work}" if eval_work else "") + (f" --init {init}" if init else "") +
                f" --out {out} --splits {','.join(splits)} --vae-steps {vae_steps} --unet-steps {unet_steps}"
-               f" --batch {batch} --seed {seed}")
+               f" --batch {batch} --seed {seed}" + (f" --lr {lr:g}" if lr != 1e-3 else "") +
+               (f" --lesion-weight {lesion_weight:g}" if lesion_weight != 4.0 else "") +
+               (f" --spot-weight {spot_weight:g}" if spot_weight != 8.0 else "") +
+               (" --class-balance" if class_balance else "") +
+               (f" --eval-guidance {eval_guidance:g}" if eval_guidance != 7.5 else ""))
     record = {
         "command": command, "commands": prior.get("commands", []) + [command],
         "previous_seconds": prior.get("total_seconds_all", 0.0),
@@ -319,6 +343,7 @@ def fit_tiny_base(works: list[Path], out: Path, eval_work: Optional[Path] = None
         "vae_steps": vae_steps, "unet_steps": unet_steps,
         "vae_steps_all": prior.get("vae_steps_all", prior.get("vae_steps", 0)) + vae_steps,
         "unet_steps_all": prior.get("unet_steps_all", prior.get("unet_steps", 0)) + unet_steps, "batch": batch, "seed": seed,
+        "lr": lr, "lesion_weight": lesion_weight, "spot_weight": spot_weight, "class_balance": class_balance,
         "vae_loss_first_last": [round(float(np.mean(vae_losses[:20])), 5),
                                 round(float(np.mean(vae_losses[-20:])), 5)] if vae_steps > 0 else None,
         "unet_loss_first_last": [round(float(np.mean(unet_losses[:50])), 5),
@@ -326,7 +351,8 @@ def fit_tiny_base(works: list[Path], out: Path, eval_work: Optional[Path] = None
         "vae_seconds": round(vae_s, 1), "unet_seconds": round(unet_s, 1),
         "torch_threads": torch.get_num_threads(), "machine": f"{platform.machine()} CPU, {_ncpu()} cores",
     }
-    record.update(evaluate(model, ev_data, data["text"], data["label"], out / "contact_sheet.png", seed=seed))
+    record.update(evaluate(model, ev_data, data["text"], data["label"], out / "contact_sheet.png", seed=seed,
+                           guidance=eval_guidance))
     record["total_seconds"] = round(time.time() - t0, 1)
     record["load_average"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     record["total_seconds_all"] = round(record["total_seconds"] + record["previous_seconds"], 1)
@@ -349,6 +375,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--unet-steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the UNet + text encoder")
+    ap.add_argument("--lesion-weight", type=float, default=4.0, help="extra loss weight on the soft mask m_b")
+    ap.add_argument("--spot-weight", type=float, default=8.0, help="extra loss weight at the lesion centre")
+    ap.add_argument("--class-balance", action="store_true",
+                    help="sample rows so that each label is drawn equally often (oversamples diseased rows)")
+    ap.add_argument("--eval-guidance", type=float, default=7.5, help="CFG scale of the inpainting check")
     ap.add_argument("--init", type=Path, default=None, help="continue from an earlier tiny_fit output folder")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core CPU)")
     a = ap.parse_args(argv)
@@ -362,7 +394,9 @@ def main(argv: Optional[list[str]] = None) -> None:
             log.info("%s %d/%d", stage, done, total)
 
     rec = fit_tiny_base(a.work, a.out, a.eval_work, tuple(a.splits.split(",")), a.vae_steps, a.unet_steps,
-                        a.batch, a.seed, a.init, on_progress=progress)
+                        a.batch, a.seed, a.init, lr=a.lr, lesion_weight=a.lesion_weight,
+                        spot_weight=a.spot_weight, class_balance=a.class_balance,
+                        eval_guidance=a.eval_guidance, on_progress=progress)
     log.info("done: %s", {k: v for k, v in rec.items() if not k.startswith("prompt")})
 
 

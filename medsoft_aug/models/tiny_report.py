@@ -96,17 +96,19 @@ engineers' jobs{load}, {rec['torch_threads']} torch thread.
 ## Checks (on the {rec['eval_rows']} slices of `sample_data/`, none of which was trained on)
 
 - VAE reconstruction PSNR: {rec['vae_psnr_db']} dB (whole slice), {rec['vae_psnr_db_in_mask']} dB inside the soft masks.
-- Inpainting into the soft masks of normal slices (Eq. 7 blend, 25 DDIM steps, guidance 7.5, no MSC), grey
-  values inside the mask core (M_b > 0.5); the original slices there have mean {g('mask_mean_original')}:
+- Inpainting into the soft masks of {g('eval_normal_rows', 8)} normal slices (Eq. 7 blend, 25 DDIM steps,
+  guidance {g('eval_guidance', 7.5)}, no MSC; each slice with its own description of the class), grey values inside
+  the mask core (M_b > 0.5); the original slices there have mean {g('mask_mean_original')}:
   - z_m = latent of I_m (the paper): {line('benign')}; {line('malignant')}; {line('empty')}
-  - z_m = latent of x0 (comparison): {line('benign', '_known_x0')}; {line('malignant', '_known_x0')};
+  - z_m = latent of x0 (the demo's `--blend donor`): {line('benign', '_known_x0')}; {line('malignant', '_known_x0')};
     {line('empty', '_known_x0')}
   With I_m the mask region comes out darker than the original for every prompt: at 16 x 16 latents the latents
   next to the blacked-out hole carry it into the blend.
-- `contact_sheet.png`: columns = normal slice, soft mask, inpainted with the benign prompt, with the malignant
-  prompt (z_m of I_m); underneath, pairs of (slice, VAE reconstruction).
+- `contact_sheet.png`: columns = normal slice, soft mask, inpainted with benign prompts, with malignant
+  prompts (z_m of x0); underneath, pairs of (slice, VAE reconstruction).
 
-Prompts: benign "{g('prompt_benign')}"; malignant "{g('prompt_malignant')}".
+Prompts: {g('prompts_benign', 1)} benign training descriptions in turn, the first "{g('prompt_benign')}";
+{g('prompts_malignant', 1)} malignant ones, the first "{g('prompt_malignant')}".
 Full record: `fit.json`.
 """
     atomic_write_text(path, text)
