@@ -44,6 +44,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="seed of data generation, training and generation")
+    p.add_argument("--blend", default="masked", choices=("masked", "donor"),
+                   help="Eq. 7 latent kept outside the mask when balancing (masked = the paper's VAE(I_m))")
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance when balancing")
     a = p.parse_args(argv)
     preset = PRESETS["quick" if a.quick else "full"]
     for k, v in preset.items():
@@ -104,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     api.train(work, model, max_steps=a.train_steps, seed=a.seed, device=a.device)
     lap("train", t)
     t = time.time()
-    bres = api.balance(work, model, bal, target_ratio=1.0, steps=a.steps, seed=a.seed, device=a.device)
+    bres = api.balance(work, model, bal, target_ratio=1.0, steps=a.steps, guidance=a.guidance, blend=a.blend,
+                       seed=a.seed, device=a.device)
     lap("balance", t)
     t = time.time()
     cres = api.evaluate_classify(bal / "manifest.csv", out / "classify", seeds=a.seeds, epochs=a.epochs,
