@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from _work_helpers import WorkWriter
+
 CLASSES = ("normal", "benign", "malignant")
 
 
@@ -97,33 +99,16 @@ def make_work(work: Path, n_train: dict[str, int] | None = None, n_test: int = 2
               seed: int = 0) -> Path:
     """A WORK folder (index.csv, masks.csv, ingest.json, slices/, masks/) with train and test rows per class; the
     lesions of benign/malignant rows are drawn inside their soft masks, with a description."""
-    from medsoft_aug.workdir import INDEX_COLUMNS, MASK_COLUMNS
-
-    import json
-
     n_train = n_train or {"normal": 4, "benign": 2, "malignant": 2}
     rng = np.random.default_rng(seed)
-    (work / "slices").mkdir(parents=True, exist_ok=True)
-    (work / "masks").mkdir(exist_ok=True)
-    rows, mrows = [], []
+    out = WorkWriter(work)
     for split, counts in (("train", n_train), ("test", {c: n_test for c in CLASSES})):
         for label in CLASSES:
             for i in range(counts.get(label, 0)):
                 sid = f"{split}_{label}_{i}"
                 m = soft_mask(rng, size)
                 img = lesion(_background(rng, size), m, label)
-                np.save(work / "slices" / f"{sid}.npy", img)
-                np.save(work / "masks" / f"{sid}.npy", m)
-                r = {c: "" for c in INDEX_COLUMNS}
-                r.update(sample_id=sid, patient_id=f"p_{sid}", study_id=f"st_{sid}", label=label, split=split,
-                         image=f"slices/{sid}.npy", height=size, width=size, spacing_row=1.0, spacing_col=1.0,
-                         description="" if label == "normal" else f"{label} lesion of the vertebral body")
-                rows.append(r)
-                mr = {c: "" for c in MASK_COLUMNS}
-                mr.update(sample_id=sid, mask=f"masks/{sid}.npy", mask_source="coords", status="ok",
-                          area_px=int((m > 0.5).sum()), soft_sum=float(m.sum()))
-                mrows.append(mr)
-    pd.DataFrame(rows, columns=INDEX_COLUMNS).to_csv(work / "index.csv", index=False)
-    pd.DataFrame(mrows, columns=MASK_COLUMNS).to_csv(work / "masks.csv", index=False)
-    (work / "ingest.json").write_text(json.dumps({"normal_class": "normal"}))
-    return work
+                out.add(sid, label, split, img, m, patient_id=f"p_{sid}", study_id=f"st_{sid}",
+                        spacing_row=1.0, spacing_col=1.0,
+                        description="" if label == "normal" else f"{label} lesion of the vertebral body")
+    return out.close()

@@ -6,15 +6,13 @@ so the tests do not depend on the ingest/masks stages.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import pandas as pd
 import torch
 
-from medsoft_aug.workdir import INDEX_COLUMNS, MASK_COLUMNS
+from _work_helpers import WorkWriter
 
 TEXT_DIM = 32   # tiny "CLIP text" width (UNet cross_attention_dim)
 MSC_DIM = 16    # tiny e_MSC width
@@ -81,35 +79,20 @@ def make_work(root: Path, n_per_class: int = 4, size: int = 48, seed: int = 0,
               classes: tuple[str, ...] = ("normal", "benign", "malignant")) -> Path:
     """Write a synthetic WORK: random slices in [0,1], Gaussian-blob soft masks, train/val splits."""
     rng = np.random.default_rng(seed)
-    work = Path(root)
-    (work / "slices").mkdir(parents=True, exist_ok=True)
-    (work / "masks").mkdir(parents=True, exist_ok=True)
-    rows, mrows = [], []
+    out = WorkWriter(Path(root))
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     for c in classes:
         for i in range(n_per_class):
             sid = f"{c}_{i:02d}"
             h, w = size, size + 8 * (i % 2)                         # some non-square slices
             img = rng.random((h, w), dtype=np.float32)
-            np.save(work / "slices" / f"{sid}.npy", img)
             cy, cx = rng.integers(size // 4, 3 * size // 4, 2)
             m = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (size / 8) ** 2)).astype(np.float32)
             m = np.pad(m, ((0, 0), (0, w - size)))
-            np.save(work / "masks" / f"{sid}.npy", m)
             split = "val" if i == n_per_class - 1 else "train"
-            row = {k: "" for k in INDEX_COLUMNS}
-            row.update(sample_id=sid, patient_id=f"p{c}{i}", study_id=f"s{c}{i}", label=c, split=split,
-                       image=f"slices/{sid}.npy", height=h, width=w,
-                       description="" if c == "normal" else f"{c} lesion in the vertebral body")
-            rows.append(row)
-            mrow = {k: "" for k in MASK_COLUMNS}
-            mrow.update(sample_id=sid, mask=f"masks/{sid}.npy", mask_source="coords", status="ok",
-                        area_px=int((m > 0.5).sum()), soft_sum=float(m.sum()))
-            mrows.append(mrow)
-    pd.DataFrame(rows, columns=INDEX_COLUMNS).to_csv(work / "index.csv", index=False)
-    pd.DataFrame(mrows, columns=MASK_COLUMNS).to_csv(work / "masks.csv", index=False)
-    (work / "ingest.json").write_text(json.dumps({"normal_class": "normal"}))
-    return work
+            out.add(sid, c, split, img, m, patient_id=f"p{c}{i}", study_id=f"s{c}{i}",
+                    description="" if c == "normal" else f"{c} lesion in the vertebral body")
+    return out.close()
 
 
 def tensor_checksums(module: torch.nn.Module) -> dict[str, str]:
