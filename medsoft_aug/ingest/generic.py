@@ -28,19 +28,8 @@ log = logging.getLogger("medsoft_aug.ingest")
 OPTIONAL = ["sample_id", "patient_id", "slice", "seg", "level", "x", "y", "description", "split"]
 
 
-def _int_or_problem(text: str, name: str) -> tuple[Optional[int], str]:
-    if text == "":
-        return None, ""
-    try:
-        v = float(text)
-    except ValueError:
-        return None, f"{name} {text!r} is not a number"
-    if not math.isfinite(v) or v != int(v):
-        return None, f"{name} {text!r} is not an integer"
-    return int(v), ""
-
-
-def _float_or_problem(text: str, name: str) -> tuple[Optional[float], str]:
+def _number_or_problem(text: str, name: str, *, integer: bool = False) -> tuple[Optional[float], str]:
+    """Parse an optional CSV number: (value or None when empty, "" or a one-line problem)."""
     if text == "":
         return None, ""
     try:
@@ -48,7 +37,11 @@ def _float_or_problem(text: str, name: str) -> tuple[Optional[float], str]:
     except ValueError:
         return None, f"{name} {text!r} is not a number"
     if not math.isfinite(v):
-        return None, f"{name} {text!r} is not finite"
+        return None, f"{name} {text!r} is not {'an integer' if integer else 'finite'}"
+    if integer:
+        if v != int(v):
+            return None, f"{name} {text!r} is not an integer"
+        return int(v), ""
     return v, ""
 
 
@@ -73,11 +66,11 @@ def parse_generic(labels: Path) -> list[SampleSpec]:
     for i in range(len(df)):
         get = lambda c: cols[c][i]  # noqa: E731
         problems = []
-        slice_index, p = _int_or_problem(get("slice"), "slice")
+        slice_index, p = _number_or_problem(get("slice"), "slice", integer=True)
         problems.append(p)
-        x, p = _float_or_problem(get("x"), "x")
+        x, p = _number_or_problem(get("x"), "x")
         problems.append(p)
-        y, p = _float_or_problem(get("y"), "y")
+        y, p = _number_or_problem(get("y"), "y")
         problems.append(p)
         if (get("x") == "") != (get("y") == ""):
             problems.append("give both x and y or neither")
