@@ -16,11 +16,15 @@ ingested slice grid. ``geometry`` is a JSON string recording how the slice was t
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Optional
 
+import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .fsutil import load_npy, sha256_file
 
 INDEX_COLUMNS = [
     "sample_id",     # unique, filesystem-safe
@@ -75,3 +79,73 @@ def read_masks(work: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise InputError(f"{path} not found: run `medsoft-aug masks build` first")
     return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def _ingest_record(work: Path) -> dict:
+    """WORK/ingest.json as a dict ({} when absent); InputError when it is not valid JSON."""
+    path = work / "ingest.json"
+    if not path.is_file():
+        return {}
+    try:
+        rec = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path} is not valid JSON ({type(e).__name__})") from None
+    return rec if isinstance(rec, dict) else {}
+
+
+def normal_class_of(work: str | Path, given: Optional[str] = None) -> str:
+    """The normal class: ``given``, else ``normal_class`` from WORK/ingest.json, else "normal"."""
+    if given:
+        return given
+    return str(_ingest_record(Path(work)).get("normal_class") or "normal")
+
+
+def images_root_of(work: str | Path) -> Optional[Path]:
+    """The source image folder ingest read (``options.images`` of ingest.json), or None when not recorded."""
+    root = (_ingest_record(Path(work)).get("options") or {}).get("images")
+    return Path(root) if root else None
+
+
+def check_work(work: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """index.csv + masks.csv, checked to belong together (masks built from this very index)."""
+    work = Path(work)
+    if not work.is_dir():
+        raise InputError(f"WORK folder {work} not found")
+    index, masks = read_index(work), read_masks(work)
+    rec = work / "masks.json"
+    if rec.is_file():
+        try:
+            built_from = json.loads(rec.read_text("utf-8")).get("inputs", {}).get("index.csv")
+        except ValueError:
+            raise InputError(f"{rec} is not valid JSON") from None
+        if built_from and built_from != sha256_file(work / "index.csv"):
+            raise InputError(f"{work}/index.csv changed since the masks were built: rerun `medsoft-aug masks build`")
+    stray = sorted(set(masks["sample_id"]) - set(index["sample_id"]))
+    if stray:
+        raise InputError(f"masks.csv lists {len(stray)} sample(s) not in index.csv (e.g. {stray[0]}): "
+                         "rerun `medsoft-aug masks build`")
+    return index, masks
+
+
+def load_pair(work: str | Path, image: str, mask: str, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """A sample's slice and soft mask (paths relative to WORK) as float32 (H, W) arrays clipped to [0, 1].
+
+    Raises InputError naming the sample when a file is missing or unreadable or the shapes differ."""
+    work = Path(work)
+    if not image or not mask or not (work / image).is_file() or not (work / mask).is_file():
+        raise InputError(f"{sample_id}: slice or soft mask file missing in WORK")
+    try:
+        img, msk = load_npy(work / image).astype(np.float32), load_npy(work / mask).astype(np.float32)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{sample_id}: cannot read its slice or mask ({type(e).__name__})") from None
+    if img.ndim != 2 or img.shape != msk.shape:
+        raise InputError(f"{sample_id}: slice {img.shape} and mask {msk.shape} must be 2D and the same shape")
+    return np.clip(img, 0, 1), np.clip(msk, 0, 1)
+
+
+def describe(row_text: str, label: str, normal_class: str) -> str:
+    """Conditioning text of a sample: "" for the normal class (the same empty text CFG's uncond uses), else the
+    row's description, or its label name when it has none."""
+    if label == normal_class:
+        return ""
+    return row_text.strip() or label.replace("_", " ")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 from pathlib import Path
 from typing import Optional
@@ -72,10 +71,12 @@ TEXT_DIM = 32
 
 
 def tiny_unet_vae(seed: int = 0):
-    """A tiny UNet2DConditionModel with IPAdapterAttnProcessor2_0 reading e_MSC (dim 16) directly + tiny VAE."""
+    """A tiny UNet2DConditionModel with the project's decoupled cross-attention adapter (e_MSC of dim 16, W'_v
+    randomised so e_MSC matters) + a tiny VAE + a DDIM scheduler."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
+
+    from medsoft_aug.models.adapter import adapter_parameters, install_adapter
 
     torch.manual_seed(seed)
     bo = (32, 64)
@@ -83,17 +84,11 @@ def tiny_unet_vae(seed: int = 0):
                                 layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT_DIM,
                                 attention_head_dim=8, norm_num_groups=8)
-    procs = {}
-    for name in unet.attn_processors:
-        if name.endswith("attn1.processor"):
-            procs[name] = AttnProcessor2_0()
-            continue
-        blk = name.split(".")
-        hs = bo[-1] if blk[0] == "mid_block" else (list(reversed(bo))[int(blk[1])] if blk[0] == "up_blocks"
-                                                   else bo[int(blk[1])])
-        procs[name] = IPAdapterAttnProcessor2_0(hidden_size=hs, cross_attention_dim=MSC_DIM, scale=1.0,
-                                                num_tokens=(1,))
-    unet.set_attn_processor(procs)
+    install_adapter(unet, MSC_DIM)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapter_parameters(unet):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
     vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=bo, latent_channels=4,
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         norm_num_groups=8)
@@ -102,46 +97,16 @@ def tiny_unet_vae(seed: int = 0):
     return unet.eval(), vae.eval(), sched
 
 
-@functools.lru_cache(maxsize=2)
-def tiny_trained(seed: int = 0):
-    """A TrainedModel-shaped object (base, encoder, msc, gamma, meta) built in memory from the project's own tiny
-    parts (tiny-random base + adapter, tiny encoder, fresh MSC); W'_v is randomised so e_MSC matters."""
-    import types
+def train_tiny_model_dir(root: Path) -> Path:
+    """A real MODEL_DIR written by the real ``train`` stage (tiny base and encoder, 2 steps per stage, CPU) on a
+    small synthetic WORK; returns ``root/model``. Built once per test session (conftest ``tiny_model_dir``)."""
+    from medsoft_aug.train.stage import train
 
-    import torch
-
-    from medsoft_aug.models.adapter import adapter_parameters, install_adapter
-    from medsoft_aug.models.base import build_tiny_base
-    from medsoft_aug.models.encoders import build_tiny_encoder
-    from medsoft_aug.models.msc import MSCConfig, build_msc
-
-    base = build_tiny_base()
-    enc = build_tiny_encoder()
-    install_adapter(base.unet, enc.embed_dim)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in adapter_parameters(base.unet):
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    for m in (base.unet, base.vae, base.text_encoder):
-        m.eval().requires_grad_(False)
-    msc = build_msc(MSCConfig.for_embed_dim(enc.embed_dim), seed=seed).eval()
-    return types.SimpleNamespace(base=base, encoder=enc, msc=msc, gamma=1.0, meta={})
-
-
-def fake_model_dir(path: Path) -> Path:
-    """A MODEL_DIR holding only medsoft_model.json (loading is patched to :func:`tiny_trained` in tests that use
-    it, until modeldir.load_model_dir is available)."""
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "medsoft_model.json").write_text(json.dumps({"format": "test"}))
-    return path
-
-
-def writers_available() -> bool:
-    try:
-        import medsoft_aug.generate.writers  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    work = write_work(root / "work", {"normal": 4, "benign": 2, "malignant": 2},
+                      descriptions={"benign": ["bright round lesion"], "malignant": ["dark irregular lesion"]})
+    with one_thread():
+        train(work, root / "model", max_steps=2, device="cpu", batch_size=2)
+    return root / "model"
 
 
 @contextlib.contextmanager
@@ -155,26 +120,3 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(n)
-
-
-def save_tiny_model_dir(path: Path, base_sha256: Optional[str] = None) -> Path:
-    """A real MODEL_DIR (models.modeldir format) from :func:`tiny_trained`'s parts; ``base_sha256`` overrides the
-    recorded base hash (to simulate a model trained on another base)."""
-    from medsoft_aug.models.adapter import adapter_processors, adapter_state_dict
-    from medsoft_aug.models.modeldir import save_model_dir
-
-    t = tiny_trained()
-    base, enc = t.base, t.encoder
-    save_model_dir(path, trained_unet_state=adapter_state_dict(base.unet),
-                   base_info={"ref": "tiny-random", "sha256": base_sha256 or _base_sha_without_adapter()},
-                   encoder_info={"ref": "tiny", "sha256": enc.sha256}, msc=t.msc,
-                   adapter_info={"msc_dim": enc.embed_dim, "n_layers": len(adapter_processors(base.unet)),
-                                 "gamma": 1.0}, resolution=base.resolution)
-    return path
-
-
-@functools.lru_cache(maxsize=1)
-def _base_sha_without_adapter() -> str:
-    from medsoft_aug.models.base import build_tiny_base
-
-    return build_tiny_base().sha256

@@ -32,3 +32,12 @@ def realdata() -> Path:
 @pytest.fixture(scope="session")
 def sample_data_dir() -> Path:
     return REPO / "sample_data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A real tiny MODEL_DIR written once per session by the real ``train`` stage (see
+    ``_balance_helpers.train_tiny_model_dir``). Shared: tests must not write into it (copy it first)."""
+    from _balance_helpers import train_tiny_model_dir
+
+    return train_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import types
 
 import numpy as np
@@ -13,11 +12,11 @@ from typer.testing import CliRunner
 from medsoft_aug.cli.app import app
 from medsoft_aug.manifest import read_manifest
 
-from _balance_helpers import fake_model_dir, one_thread, tiny_trained
+from _balance_helpers import one_thread
 
 
 @pytest.fixture(scope="module")
-def sample_work(tmp_path_factory, sample_data_dir):
+def sample_work(tmp_path_factory, sample_data_dir, tiny_model_dir):
     if not (sample_data_dir / "labels.csv").is_file():
         pytest.skip("sample_data/ not present")
     from medsoft_aug.api import build_masks, ingest
@@ -25,14 +24,8 @@ def sample_work(tmp_path_factory, sample_data_dir):
     root = tmp_path_factory.mktemp("fmt")
     ingest(sample_data_dir / "labels.csv", sample_data_dir, root / "work")
     build_masks(root / "work")
-    mp = pytest.MonkeyPatch()
-    import medsoft_aug.generate.runner as runner
-
-    trained = tiny_trained()
-    mp.setattr(runner, "_load_trained", lambda *a, **k: trained)
     with one_thread():
-        yield types.SimpleNamespace(root=root, work=root / "work", model=fake_model_dir(root / "model"))
-    mp.undo()
+        yield types.SimpleNamespace(root=root, work=root / "work", model=tiny_model_dir)
 
 
 @pytest.mark.parametrize("fmt,ext", [("nifti", ".nii.gz"), ("dicom", ".dcm")])

@@ -12,14 +12,14 @@ import pytest
 from medsoft_aug.fsutil import sha256_file
 from medsoft_aug.manifest import read_manifest
 
-from _balance_helpers import save_tiny_model_dir, write_work
+from _balance_helpers import write_work
 
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
-def test_sigkill_then_rerun_completes(tmp_path):
+def test_sigkill_then_rerun_completes(tmp_path, tiny_model_dir):
     work = write_work(tmp_path / "work", {"normal": 8, "benign": 1, "malignant": 2},
                       descriptions={"benign": ["bright"], "malignant": ["dark"]})
-    model = save_tiny_model_dir(tmp_path / "model")
+    model = tiny_model_dir
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "medsoft_aug.cli.app", "-q", "balance", str(work), "--model", str(model),
            "--out", str(out), "--steps", "4", "--batch-size", "1", "--device", "cpu"]

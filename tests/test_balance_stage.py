@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-import sys
+import shutil
 import types
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from medsoft_aug.cli.app import app
 from medsoft_aug.fsutil import sha256_file
 from medsoft_aug.manifest import MANIFEST_COLUMNS, merge_manifests, read_manifest
 
-from _balance_helpers import fake_model_dir, one_thread, tiny_trained, write_work, writers_available
+from _balance_helpers import one_thread, write_work
 
 COUNTS = {"normal": 6, "benign": 2, "malignant": 4}
 SPLITS = {"test": {"normal": 2, "benign": 1}, "val": {"malignant": 1}}
@@ -23,31 +23,12 @@ DESCS = {"benign": ["bright round lesion"], "malignant": ["dark irregular lesion
 FAST = ["--steps", "2", "--batch-size", "4", "--device", "cpu"]
 
 
-def _png16(path: Path, image01: np.ndarray) -> None:  # stand-in until generate/writers.py exists
-    from PIL import Image
-
-    from medsoft_aug.fsutil import atomic_path
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(np.round(np.clip(image01, 0, 1) * 65535).astype(np.uint16)).save(tmp, format="PNG")
-
-
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    if not writers_available():
-        mp.setitem(sys.modules, "medsoft_aug.generate.writers", types.SimpleNamespace(write_png16=_png16))
-    trained = tiny_trained()
-    import medsoft_aug.generate.runner as runner
-
-    real_loader = runner._load_trained
-    mp.setattr(runner, "_load_trained", lambda *a, **k: trained)
+def env(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("bal")
     work = write_work(root / "work", COUNTS, split_counts=SPLITS, descriptions=DESCS)
-    model = fake_model_dir(root / "model")
     with one_thread():
-        yield types.SimpleNamespace(root=root, work=work, model=model, real_loader=real_loader)
-    mp.undo()
+        yield types.SimpleNamespace(root=root, work=work, model=tiny_model_dir)
 
 
 def _run(*args):
@@ -119,24 +100,24 @@ def test_resume_after_kill_and_shards_give_the_same_images(env, monkeypatch):
     if full is None:
         pytest.skip("needs test_full_run_outputs_manifest_and_idempotent_rerun")
     out = env.root / "out_killed"
-    import medsoft_aug.generate.runner as runner
+    import medsoft_aug.generate.stage as stage
 
-    orig, calls = runner.Generator._write, {"n": 0}
+    orig, calls = stage._write_sample, {"n": 0}
 
-    def dying_write(self, *a, **k):
+    def dying_write(*a, **k):
         if calls["n"] == 3:
             raise KeyboardInterrupt  # as if killed while writing the 4th sample
         calls["n"] += 1
-        return orig(self, *a, **k)
+        return orig(*a, **k)
 
-    monkeypatch.setattr(runner.Generator, "_write", dying_write)
+    monkeypatch.setattr(stage, "_write_sample", dying_write)
     r = _run(env.work, "--model", env.model, "--out", out, "--steps", "2", "--batch-size", "2", "--device", "cpu")
     assert r.exit_code == 130
     man = read_manifest(out / "manifest.csv")
     syn = man[man.origin == "synthetic"]
     assert len(syn) == 2                                    # only whole batches are listed
     assert all(sha256_file(out / p) == s for p, s in zip(syn.image, syn.sha256))
-    monkeypatch.setattr(runner.Generator, "_write", orig)
+    monkeypatch.setattr(stage, "_write_sample", orig)
     r = _run(env.work, "--model", env.model, "--out", out, "--json", "--steps", "2", "--batch-size", "3",
              "--device", "cpu")
     assert r.exit_code == 0, r.stderr
@@ -189,15 +170,11 @@ def test_bad_inputs_exit_3(env, tmp_path):
     assert r.exit_code == 2
 
 
-def test_real_model_dir_loads_and_other_base_is_refused(env, tmp_path, monkeypatch):
-    import medsoft_aug.generate.runner as runner
-    from _balance_helpers import save_tiny_model_dir
-
-    monkeypatch.setattr(runner, "_load_trained", env.real_loader)    # the real load_model_dir path
-    good = save_tiny_model_dir(tmp_path / "m_good")
-    r = _run(env.work, "--model", good, "--out", tmp_path / "o", "--classes", "malignant", "--json", *FAST)
-    assert r.exit_code == 0, r.stderr
-    assert json.loads(r.stdout)["generated"] == 2
-    other = save_tiny_model_dir(tmp_path / "m_other", base_sha256="0" * 64)
+def test_model_trained_on_another_base_is_refused(env, tmp_path):
+    other = tmp_path / "m_other"
+    shutil.copytree(env.model, other)
+    meta = json.loads((other / "medsoft_model.json").read_text())
+    meta["base_model"]["sha256"] = "0" * 64
+    (other / "medsoft_model.json").write_text(json.dumps(meta))
     r = _run(env.work, "--model", other, "--out", tmp_path / "o2", *FAST)
     assert r.exit_code == 3 and "trained on base" in r.stderr and not (tmp_path / "o2").exists()

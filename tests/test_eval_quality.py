@@ -21,13 +21,9 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from medsoft_aug.train.stage import train
-
+def trained(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("quality")
-    work = make_work(root / "work")
-    train(work, root / "model", max_steps=1, device="cpu", batch_size=2)
-    return root, work, root / "model"
+    return root, make_work(root / "work"), tiny_model_dir
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@ import torch
 
 from _train_helpers import make_work
 from medsoft_aug.errors import InputError
-from medsoft_aug.train.data import SliceDataset, collate, resize_pair, vae_input
+from medsoft_aug.geometry import resize_pair
+from medsoft_aug.train.data import SliceDataset, collate, vae_input
 
 
 def test_rows_texts_and_item_contract(tmp_path):

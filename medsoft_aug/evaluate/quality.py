@@ -26,7 +26,9 @@ import pandas as pd
 
 from .. import __version__
 from ..errors import InputError, UsageError
-from ..fsutil import atomic_path, atomic_write_csv, atomic_write_json, load_npy
+from ..fsutil import atomic_write_csv, atomic_write_json, load_npy
+from ..generate.writers import write_png16
+from ..workdir import check_work, describe, load_pair, normal_class_of
 from ..progress import ProgressFn, report
 from . import metrics as M
 from .data import load_image, read_manifest, resolve
@@ -48,8 +50,6 @@ def select_test_lesions(work: Path, normal_class: Optional[str] = None,
                         limit: Optional[int] = None) -> pd.DataFrame:
     """Test-split rows of WORK/index.csv with a diseased label and a usable soft mask (columns of index.csv plus
     ``mask``). Raises InputError when there are none."""
-    from ..generate.stage import check_work, normal_class_of
-
     index, masks = check_work(work)
     ncls = normal_class_of(work, normal_class)
     ok = masks[(masks["status"] == "ok") & (masks["mask"] != "")][["sample_id", "mask"]]
@@ -62,26 +62,12 @@ def select_test_lesions(work: Path, normal_class: Optional[str] = None,
 
 def model_inpainter(model: Path, device: str, batch_size: int, steps: int, guidance: float,
                     trained: Any = None) -> tuple[Inpainter, Any, str]:
-    """The balance engine as one function call; also returns the loaded TrainedModel (for its encoder) and the
-    device it runs on."""
-    import torch
-
+    """The balance engine (``generate.runner.Generator.inpaint``) as one function call; also returns the loaded
+    TrainedModel (for its encoder) and the device it runs on."""
     from ..generate.runner import Generator
-    from ..train.data import resize_pair
 
     gen = Generator(model, device=device, batch_size=batch_size, steps=steps, guidance=guidance, trained=trained)
-
-    def inpaint(images: list[np.ndarray], masks: list[np.ndarray], prompts: list[str],
-                seeds: list[int]) -> list[np.ndarray]:
-        res = gen.engine.resolution
-        pairs = [resize_pair(d, m, res) for d, m in zip(images, masks)]
-        x0 = torch.stack([p[0] for p in pairs])                                   # (B, 1, R, R)
-        mr = torch.stack([p[1] for p in pairs])                                   # (B, 1, R, R)
-        text_emb = gen.trained.base.encode_prompt(list(prompts))
-        e = gen.e_msc(x0, mr, list(prompts))
-        return gen.engine.inpaint(images, masks, text_emb, gen.uncond, e, seeds, gen.opts, model_grid=(x0, mr))
-
-    return inpaint, gen.trained, str(gen.device)
+    return gen.inpaint, gen.trained, str(gen.device)
 
 
 def fid_block(real: list[np.ndarray], fake: list[np.ndarray], inception_weights: Optional[Path], encoder: Any,
@@ -177,7 +163,6 @@ def evaluate_quality(work: str | Path, model: str | Path, out: str | Path, *,
     weights or balance folder; UsageError (exit 2) for bad options. Writes nothing when it fails.
     """
     from ..generate.plan import derive_seed
-    from ..train.data import describe
 
     work, out = Path(work), Path(out)
     steps = 50 if steps is None else int(steps)
@@ -191,8 +176,6 @@ def evaluate_quality(work: str | Path, model: str | Path, out: str | Path, *,
     rows = select_test_lesions(work, normal_class, limit)
     t0 = time.time()
     inpaint, tm, dev = model_inpainter(Path(model), device, batch_size, steps, guidance, trained)
-    from ..generate.stage import normal_class_of
-
     ncls = normal_class_of(work, normal_class)
     created = not out.exists()
     try:
@@ -201,10 +184,7 @@ def evaluate_quality(work: str | Path, model: str | Path, out: str | Path, *,
             b = rows.iloc[start:start + batch_size]
             imgs, msks = [], []
             for _, r in b.iterrows():
-                img = np.clip(_npy(work, r["image"], r["sample_id"]), 0, 1)
-                m = np.clip(_npy(work, r["mask"], r["sample_id"]), 0, 1)
-                if img.shape != m.shape:
-                    raise InputError(f"{r['sample_id']}: slice {img.shape} and mask {m.shape} shapes differ")
+                img, m = load_pair(work, r["image"], r["mask"], r["sample_id"])
                 imgs.append(img)
                 msks.append(m)
             prompts = [describe(str(d), str(lab), ncls) for d, lab in zip(b["description"], b["label"])]
@@ -234,7 +214,7 @@ def evaluate_quality(work: str | Path, model: str | Path, out: str | Path, *,
                       "images in [0, 1] after the ingest window; data_range = 1"],
         }
         for sid, y in zip(samples["sample_id"], fakes):
-            _png16(out / "inpainted" / f"{sid}.png", y)
+            write_png16(out / "inpainted" / f"{sid}.png", y)
         if balance_out is not None:
             bg, bg_rows = background_fidelity(Path(balance_out))
             summary["background"] = bg
@@ -252,20 +232,6 @@ def evaluate_quality(work: str | Path, model: str | Path, out: str | Path, *,
 
         write_report(report_dir, quality_out=out)
     return result
-
-
-def _npy(work: Path, rel: str, sid: str) -> np.ndarray:
-    p = work / rel
-    if not p.is_file():
-        raise InputError(f"{sid}: {rel} not found in WORK")
-    return load_npy(p).astype(np.float32)
-
-
-def _png16(path: Path, img: np.ndarray) -> None:
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(np.round(np.clip(img, 0, 1) * 65535).astype(np.uint16)).save(tmp, format="PNG")
 
 
 def _json_safe(obj: Any) -> Any:

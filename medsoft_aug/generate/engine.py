@@ -62,17 +62,14 @@ def resolve_device(device: str = "auto") -> tuple[torch.device, torch.dtype]:
 def unet_conditioning(unet, text_emb: torch.Tensor, e_msc: Optional[torch.Tensor]) -> dict:
     """UNet keyword arguments for text embeddings (B, L, C) and e_MSC (B, D) (one decoupled token per sample).
 
-    With an ``encoder_hid_proj`` of type ``ip_image_proj`` (``models.adapter.install_adapter``) the feature goes
-    through ``added_cond_kwargs``; otherwise W'_k / W'_v read e_MSC directly through the (text, [ip]) tuple that
-    ``IPAdapterAttnProcessor2_0`` unpacks. ``e_msc=None``: text only (a model without the adapter).
+    e_MSC reaches W'_k / W'_v of the decoupled layers through ``added_cond_kwargs`` (the UNet must carry the
+    adapter of ``models.adapter.install_adapter``). ``e_msc=None``: text only (a model without the adapter).
     """
+    from ..models.adapter import adapter_kwargs
+
     if e_msc is None:
         return {"encoder_hidden_states": text_emb}
-    ip = e_msc[:, None, :]
-    if getattr(unet, "encoder_hid_proj", None) is not None and \
-            getattr(unet.config, "encoder_hid_dim_type", None) == "ip_image_proj":
-        return {"encoder_hidden_states": text_emb, "added_cond_kwargs": {"image_embeds": [ip]}}
-    return {"encoder_hidden_states": (text_emb, [ip])}
+    return {"encoder_hidden_states": text_emb, **adapter_kwargs(e_msc)}
 
 
 def vae_scale_factor(vae) -> int:
@@ -93,11 +90,6 @@ def to_native_grid(img: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
     if tuple(img.shape[-2:]) != tuple(shape):
         img = F.interpolate(img, size=tuple(shape), mode="bilinear", antialias=True, align_corners=False)
     return img[0, 0].cpu().numpy().astype(np.float32)
-
-
-def masked_image(x0: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Eq. 2: ``I_m = x0 * (1 - M_b)``; both (H, W) in [0, 1]."""
-    return (x0.astype(np.float32) * (1.0 - mask.astype(np.float32))).astype(np.float32)
 
 
 def composite(x0: np.ndarray, decoded: np.ndarray, mask: np.ndarray) -> np.ndarray:

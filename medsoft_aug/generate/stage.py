@@ -23,9 +23,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,51 +37,22 @@ from ..errors import FailureList, InputError, ModelError, PartialFailure, UsageE
 from ..fsutil import atomic_save_npy, atomic_write_json, load_npy, sha256_file
 from ..manifest import MANIFEST_COLUMNS, read_manifest, write_manifest
 from ..progress import ProgressFn, report
-from ..workdir import read_index, read_masks
-from .plan import BalancePlan, PlanItem, class_slug, parse_shard, plan_balance, shard_items
+from ..workdir import check_work, images_root_of, load_pair, normal_class_of
+from .plan import BalancePlan, PlanItem, parse_shard, plan_balance, shard_items
 from .prompts import load_prompts
+from .writers import FORMATS, synthetic_paths, write_image, write_png16
+
+if TYPE_CHECKING:
+    from .runner import Generator
 
 log = logging.getLogger("medsoft_aug.generate.stage")
 
-FORMATS = {"png": ".png", "nifti": ".nii.gz", "dicom": ".dcm"}
 _MODEL_FILES = ("medsoft_model.json", "msc.safetensors", "adapter.safetensors", "unet.safetensors")
 # Manifest fields that must match for a listed synthetic sample to count as done.
 _SAME = ("label", "donor_id", "prompt", "seed", "model_sha256", "steps", "guidance", "eta", "format")
 
 
 # ---- inputs ------------------------------------------------------------------------------------------------
-def normal_class_of(work: Path, given: Optional[str]) -> str:
-    if given:
-        return given
-    p = work / "ingest.json"
-    if p.is_file():
-        try:
-            return str(json.loads(p.read_text("utf-8")).get("normal_class") or "normal")
-        except ValueError:
-            raise InputError(f"{p} is not valid JSON") from None
-    return "normal"
-
-
-def check_work(work: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """index.csv + masks.csv, checked to belong together (masks built from this very index)."""
-    if not work.is_dir():
-        raise InputError(f"WORK folder {work} not found")
-    index, masks = read_index(work), read_masks(work)
-    rec = work / "masks.json"
-    if rec.is_file():
-        try:
-            built_from = json.loads(rec.read_text("utf-8")).get("inputs", {}).get("index.csv")
-        except ValueError:
-            raise InputError(f"{rec} is not valid JSON") from None
-        if built_from and built_from != sha256_file(work / "index.csv"):
-            raise InputError(f"{work}/index.csv changed since the masks were built: rerun `medsoft-aug masks build`")
-    stray = sorted(set(masks["sample_id"]) - set(index["sample_id"]))
-    if stray:
-        raise InputError(f"masks.csv lists {len(stray)} sample(s) not in index.csv (e.g. {stray[0]}): "
-                         "rerun `medsoft-aug masks build`")
-    return index, masks
-
-
 def model_dir_sha256(model_dir: Path) -> str:
     """Content hash of a MODEL_DIR: its config and weight files (the base model is pinned inside the config)."""
     if not (model_dir / "medsoft_model.json").is_file():
@@ -102,27 +75,71 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
             on_progress: ProgressFn = None) -> dict[str, Any]:
     """Balance every disease class of WORK's train split to ``target_ratio`` x normal by soft-mask inpainting.
 
-    Returns a JSON-ready summary (``dry_run``: the plan, no model loaded, nothing written). Raises UsageError
-    (bad options), InputError/ModelError (bad WORK, model or OUT; nothing written), PartialFailure (some samples
-    failed; the rest are written and listed). ``base_model`` overrides the base reference recorded in MODEL_DIR
-    (e.g. the same SD1.5 in another folder); its hash must match the recorded one. ``blend``: the latent kept
-    outside the mask in Eq. 7, ``masked`` = VAE(I_m) (the paper) or ``donor`` = VAE(x0) (see engine.SamplingOptions).
-    """
+    Returns a JSON-ready summary (``dry_run``: the plan only). Raises UsageError (bad options), InputError /
+    ModelError (bad WORK, model or OUT; nothing written), PartialFailure (some samples failed; the rest are
+    written and listed). ``base_model`` overrides the base recorded in MODEL_DIR (its hash must match).
+    ``blend``: latent kept outside the mask in Eq. 7, ``masked`` = VAE(I_m) (paper) or ``donor`` = VAE(x0)."""
+    # 1. Options, WORK and the plan (a dry run stops here: no model loaded, nothing written).
     work = Path(work)
-    if output_format not in FORMATS:
-        raise UsageError(f"--output-format must be one of {', '.join(FORMATS)}, got {output_format!r}")
-    if blend not in ("masked", "donor"):
-        raise UsageError(f"--blend must be masked or donor, got {blend!r}")
-    if steps < 1 or batch_size < 1 or guidance < 0 or eta < 0:
-        raise UsageError("--steps and --batch-size must be >= 1, --guidance and --eta >= 0")
-    k, n = parse_shard(shard)
-    index, masks = check_work(work)
+    _check_options(output_format, blend, steps, batch_size, guidance, eta)
+    (k, n), (index, masks) = parse_shard(shard), check_work(work)
     ncls = normal_class_of(work, normal_class)
     plan = plan_balance(index, masks, normal_class=ncls, ratio=target_ratio, classes=classes,
                         prompts=load_prompts(prompts), prompt_mode=prompt_mode, seed=seed)
     items = shard_items(plan.items, k, n)
     if dry_run:
         return {"dry_run": True, "shard": f"{k}/{n}", "n_in_shard": len(items), **plan.to_dict()}
+    # 2. MODEL_DIR, OUT and the source images a DICOM output needs.
+    model_dir, out, fmt_root = _check_targets(work, model, out, output_format, images_root)
+    model_sha = model_dir_sha256(model_dir)
+    # 3. The run's fingerprint, and what a previous run with the same one already wrote.
+    opts = {"target_ratio": float(target_ratio), "classes": list(classes or []), "prompts": str(prompts or ""),
+            "prompt_mode": prompt_mode, "seed": int(seed), "steps": int(steps), "guidance": float(guidance),
+            "eta": float(eta), "blend": blend, "output_format": output_format, "shard": f"{k}/{n}",
+            "normal_class": ncls}
+    fingerprint = {**opts, "model_sha256": model_sha, "plan_sha256": _plan_sha256(items)}
+    consts = {"model": model_dir.name, "model_sha256": model_sha, "steps": str(int(steps)),
+              "guidance": repr(float(guidance)), "eta": repr(float(eta)), "format": output_format}
+    prev = _previous_run(out, fingerprint, force)
+    rows, real_ids = ({} if force else _verified_rows(out, prev)), (list(index["sample_id"]) if k == 1 else [])
+    todo = [it for it in items if not _done(rows.get(it.sample_id), it, consts)]
+    real_todo = [s for s in real_ids if s not in rows]
+    if not todo and not real_todo and prev.get("status") == "complete":                  # nothing left to do
+        return _summary(plan, items, prev, out, generated=0, skipped=len(items), failures=[])
+    # 4. Load the model before creating anything: a bad model writes nothing (torch is not needed before).
+    from .runner import Generator
+    t0 = time.time()
+    gen = Generator(model_dir, device=device, batch_size=batch_size, steps=steps, guidance=guidance, eta=eta,
+                    base_model=base_model, blend=blend) if todo else None
+    load_s = time.time() - t0
+    # 5. Real rows, then synthetic samples batch by batch (the manifest is rewritten after each batch).
+    job = _Job(work, index, masks, out, output_format, fmt_root, consts, on_progress, created=not out.exists())
+    keep = {it.sample_id for it in items} | set(real_ids)
+    rows = {s: r for s, r in rows.items() if s in keep}
+    generated, gen_s, failures = _write_outputs(job, gen, fingerprint, rows, todo, real_todo)
+    # 6. The run record, then the summary (or the failure).
+    record = _record(fingerprint, opts, work, model_dir, plan, (k, n, len(items)), generated,
+                     len(items) - len(todo), failures, (load_s, gen_s, time.time() - t0))
+    atomic_write_json(out / "balance.json", record)
+    summary = _summary(plan, items, record, out, generated=generated, skipped=len(items) - len(todo),
+                       failures=failures.items)
+    _raise_failures(failures, generated, len(items) - len(todo), len(todo), job, summary)
+    return summary
+
+
+# ---- helpers -----------------------------------------------------------------------------------------------
+def _check_options(output_format: str, blend: str, steps: int, batch_size: int, guidance: float, eta: float) -> None:
+    if output_format not in FORMATS:
+        raise UsageError(f"--output-format must be one of {', '.join(FORMATS)}, got {output_format!r}")
+    if blend not in ("masked", "donor"):
+        raise UsageError(f"--blend must be masked or donor, got {blend!r}")
+    if steps < 1 or batch_size < 1 or guidance < 0 or eta < 0:
+        raise UsageError("--steps and --batch-size must be >= 1, --guidance and --eta >= 0")
+
+
+def _check_targets(work: Path, model: Optional[str | Path], out: Optional[str | Path], output_format: str,
+                   images_root: Optional[str | Path]) -> tuple[Path, Path, Optional[Path]]:
+    """(MODEL_DIR, OUT, source image root) of a real run, checked."""
     if model is None:
         raise UsageError("--model MODEL_DIR is required (or use --dry-run)")
     if out is None:
@@ -130,90 +147,131 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
     model_dir, out = Path(model), Path(out)
     if out.resolve() == work.resolve() or work.resolve() in out.resolve().parents:
         raise UsageError("--out must not be WORK or inside it")
-    model_sha = model_dir_sha256(model_dir)
-    fmt_root = Path(images_root) if images_root else _images_root(work)
+    fmt_root = Path(images_root) if images_root else images_root_of(work)
     if output_format == "dicom" and fmt_root is None:
         raise UsageError("--output-format dicom needs the source images: give --images DIR")
+    return model_dir, out, fmt_root
 
-    opts = {"target_ratio": float(target_ratio), "classes": list(classes or []), "prompts": str(prompts or ""),
-            "prompt_mode": prompt_mode, "seed": int(seed), "steps": int(steps), "guidance": float(guidance),
-            "eta": float(eta), "blend": blend, "output_format": output_format, "shard": f"{k}/{n}",
-            "normal_class": ncls}
-    fingerprint = {**{k_: v for k_, v in opts.items()}, "model_sha256": model_sha,
-                   "plan_sha256": hashlib.sha256(json.dumps([list(i.__dict__.values()) for i in items])
-                                                 .encode()).hexdigest()}
-    prev = _previous_run(out, fingerprint, force)
-    rows = {} if force else _verified_rows(out, prev)
-    consts = {"model": model_dir.name, "model_sha256": model_sha, "steps": str(int(steps)),
-              "guidance": repr(float(guidance)), "eta": repr(float(eta)), "format": output_format}
-    real_ids = list(index["sample_id"]) if k == 1 else []
-    todo = [it for it in items if not _done(rows.get(it.sample_id), it, consts)]
-    real_todo = [s for s in real_ids if s not in rows]
-    if not todo and not real_todo and prev.get("status") == "complete":
-        return _summary(plan, items, prev, out, generated=0, skipped=len(items), failures=[])
 
-    t0 = time.time()
-    gen = None
-    if todo:                                      # load the model before creating anything: a bad model writes nothing
-        from .runner import Generator
+def _plan_sha256(items: list[PlanItem]) -> str:
+    return hashlib.sha256(json.dumps([list(i.__dict__.values()) for i in items]).encode()).hexdigest()
 
-        gen = Generator(model_dir, device=device, batch_size=batch_size, steps=steps, guidance=guidance, eta=eta,
-                        base_model=base_model, blend=blend)
-    load_s = time.time() - t0
-    created = not out.exists()
-    failures = FailureList()
-    gen_s, generated = 0.0, 0
+
+@dataclass
+class _Job:
+    """What the writing steps of one balance run need."""
+    work: Path
+    index: pd.DataFrame
+    masks: pd.DataFrame
+    out: Path
+    fmt: str
+    fmt_root: Optional[Path]
+    consts: dict[str, str]
+    on_progress: ProgressFn
+    created: bool              # OUT did not exist before this run (removed again when the run makes nothing)
+
+
+def _write_outputs(job: _Job, gen: Optional[Generator], fingerprint: dict, rows: dict[str, dict],
+                   todo: list[PlanItem], real_todo: list[str]) -> tuple[int, float, FailureList]:
+    """Create OUT (temp files of a killed run removed), copy the real rows, then generate ``todo``; an OUT this
+    run created is removed again when it fails before holding any synthetic sample. Returns (generated, seconds
+    spent generating, failures)."""
+    out, failures = job.out, FailureList()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for stale in out.rglob(".*.tmp"):          # temp files of a killed run (never listed anywhere)
+        for stale in out.rglob(".*.tmp"):                 # never listed anywhere
             stale.unlink(missing_ok=True)
         atomic_write_json(out / "balance.json", {"status": "running", "fingerprint": fingerprint})
-        keep = {it.sample_id for it in items} | set(real_ids)
-        rows = {s: r for s, r in rows.items() if s in keep}
-        _write_real_rows(work, index, masks, out, real_todo, rows, on_progress)
+        _write_real_rows(job.work, job.index, job.masks, out, real_todo, rows, job.on_progress)
         write_manifest(out / "manifest.csv", _frame(rows))
-        if gen is not None:
-            t_gen = time.time()
-            for done, new_rows, fails in gen.run(work, index, masks, todo, out, output_format, fmt_root, consts):
-                rows.update(new_rows)
-                for f in fails:
-                    failures.add(f.sample_id, f.problem)
-                generated += len(new_rows)
-                write_manifest(out / "manifest.csv", _frame(rows))
-                report(on_progress, "balance", done, len(todo))
-            gen_s = time.time() - t_gen
+        if gen is None:
+            return 0, 0.0, failures
+        t0 = time.time()
+        generated = _generate(job, gen, todo, rows, failures)
+        return generated, time.time() - t0, failures
     except BaseException:
-        if created and not any(r.get("origin") == "synthetic" for r in rows.values()):
-            import shutil
-
+        if job.created and not any(r.get("origin") == "synthetic" for r in rows.values()):
             shutil.rmtree(out, ignore_errors=True)
         raise
-    record = {"status": "partial" if failures else "complete", "fingerprint": fingerprint,
-              "versions": _versions(), "options": opts,
-              "inputs": {"work": str(work), "index.csv": sha256_file(work / "index.csv"),
-                         "masks.csv": sha256_file(work / "masks.csv")},
-              "model": {"dir": str(model_dir), "sha256": model_sha},
-              "plan": plan.to_dict(with_items=False), "shard": {"k": k, "n": n, "items": len(items)},
-              "generated": generated, "skipped": len(items) - len(todo),
-              "failures": [{"sample_id": f.sample_id, "problem": f.problem} for f in failures.items],
-              "timings": {"load_model_s": round(load_s, 3), "generate_s": round(gen_s, 3),
-                          "total_s": round(time.time() - t0, 3)},
-              "images_per_s": round(generated / gen_s, 4) if gen_s > 0 else None}
-    atomic_write_json(out / "balance.json", record)
-    summary = _summary(plan, items, record, out, generated=generated, skipped=len(items) - len(todo),
-                       failures=failures.items)
-    if failures:
-        if generated == 0 and not (len(items) - len(todo)):
-            if created:
-                import shutil
-
-                shutil.rmtree(out, ignore_errors=True)
-            raise InputError(f"no synthetic sample could be made; first: {failures.items[0]}")
-        raise PartialFailure(f"{len(failures)} of {len(todo)} synthetic samples failed", failures.items, summary)
-    return summary
 
 
-# ---- helpers -----------------------------------------------------------------------------------------------
+def _generate(job: _Job, gen: Generator, todo: list[PlanItem], rows: dict[str, dict],
+              failures: FailureList) -> int:
+    """Inpaint ``todo`` batch by batch; write each sample, then the manifest after each batch (only whole
+    batches are listed). Adds rows and failures in place; returns the number of samples generated."""
+    by_id = job.index.set_index("sample_id", drop=False)
+    mask_of = dict(zip(job.masks["sample_id"], job.masks["mask"]))
+    generated = 0
+    for start in range(0, len(todo), gen.batch_size):
+        batch = todo[start:start + gen.batch_size]
+        ok, pairs = [], []
+        for it in batch:
+            try:
+                pairs.append(_donor_pair(job.work, by_id, mask_of, it.donor_id))
+                ok.append(it)
+            except InputError as e:
+                failures.add(it.sample_id, str(e))
+        outs = gen.inpaint([p[0] for p in pairs], [p[1] for p in pairs], [it.prompt for it in ok],
+                           [it.seed for it in ok]) if ok else []
+        for it, img, (_, msk) in zip(ok, outs, pairs):
+            try:
+                rows[it.sample_id] = _write_sample(it, img, msk, by_id.loc[it.donor_id].to_dict(), job)
+                generated += 1
+            except InputError as err:
+                failures.add(it.sample_id, str(err))
+        write_manifest(job.out / "manifest.csv", _frame(rows))
+        report(job.on_progress, "balance", start + len(batch), len(todo))
+    return generated
+
+
+def _donor_pair(work: Path, by_id: pd.DataFrame, mask_of: dict, donor_id: str) -> tuple[np.ndarray, np.ndarray]:
+    if donor_id not in by_id.index:
+        raise InputError(f"donor {donor_id} not in index.csv")
+    return load_pair(work, by_id.loc[donor_id, "image"], mask_of.get(donor_id, ""), f"donor {donor_id}")
+
+
+def _write_sample(it: PlanItem, img: np.ndarray, msk: np.ndarray, donor: dict, job: _Job) -> dict[str, str]:
+    """Write one synthetic image and its soft mask (each atomically); return its manifest row."""
+    out = job.out
+    img_rel, mask_rel = synthetic_paths(it.sample_id, it.label, job.fmt)
+    write_image(out / img_rel, img, job.fmt, donor, job.fmt_root, sample_id=it.sample_id, description=it.prompt)
+    atomic_save_npy(out / mask_rel, msk.astype(np.float32))
+    return {"sample_id": it.sample_id, "patient_id": donor.get("patient_id", ""), "split": "train",
+            "label": it.label, "origin": "synthetic", "image": img_rel, "mask": mask_rel,
+            "donor_id": it.donor_id, "prompt": it.prompt, "seed": str(it.seed), **job.consts,
+            "sha256": sha256_file(out / img_rel)}
+
+
+def _record(fingerprint: dict, opts: dict, work: Path, model_dir: Path, plan: BalancePlan,
+            shard: tuple[int, int, int], generated: int, skipped: int, failures: FailureList,
+            timings: tuple[float, float, float]) -> dict[str, Any]:
+    """The content of balance.json."""
+    (k, n, n_items), (load_s, gen_s, total_s) = shard, timings
+    return {"status": "partial" if failures else "complete", "fingerprint": fingerprint,
+            "versions": _versions(), "options": opts,
+            "inputs": {"work": str(work), "index.csv": sha256_file(work / "index.csv"),
+                       "masks.csv": sha256_file(work / "masks.csv")},
+            "model": {"dir": str(model_dir), "sha256": fingerprint["model_sha256"]},
+            "plan": plan.to_dict(with_items=False), "shard": {"k": k, "n": n, "items": n_items},
+            "generated": generated, "skipped": skipped,
+            "failures": [{"sample_id": f.sample_id, "problem": f.problem} for f in failures.items],
+            "timings": {"load_model_s": round(load_s, 3), "generate_s": round(gen_s, 3),
+                        "total_s": round(total_s, 3)},
+            "images_per_s": round(generated / gen_s, 4) if gen_s > 0 else None}
+
+
+def _raise_failures(failures: FailureList, generated: int, skipped: int, n_todo: int, job: _Job,
+                    summary: dict[str, Any]) -> None:
+    """InputError when nothing could be made (a new OUT is removed), PartialFailure when some samples failed."""
+    if not failures:
+        return
+    if generated == 0 and not skipped:
+        if job.created:
+            shutil.rmtree(job.out, ignore_errors=True)
+        raise InputError(f"no synthetic sample could be made; first: {failures.items[0]}")
+    raise PartialFailure(f"{len(failures)} of {n_todo} synthetic samples failed", failures.items, summary)
+
+
 def _versions() -> dict[str, Optional[str]]:
     from importlib import metadata
 
@@ -224,15 +282,6 @@ def _versions() -> dict[str, Optional[str]]:
         except metadata.PackageNotFoundError:
             out[dist] = None
     return out
-
-
-def _images_root(work: Path) -> Optional[Path]:
-    p = work / "ingest.json"
-    try:
-        root = json.loads(p.read_text("utf-8")).get("options", {}).get("images") if p.is_file() else None
-    except ValueError:
-        root = None
-    return Path(root) if root else None
 
 
 def _previous_run(out: Path, fingerprint: dict, force: bool) -> dict:
@@ -281,8 +330,6 @@ def _write_real_rows(work: Path, index: pd.DataFrame, masks: pd.DataFrame, out: 
     """Copy real slices (16-bit PNG) and their soft masks into OUT/real/ and add their manifest rows."""
     if not ids:
         return
-    from .writers import write_png16
-
     mask_of = dict(zip(masks["sample_id"], masks["mask"].where(masks.get("status", "ok") == "ok", "")))
     by_id = index.set_index("sample_id", drop=False)
     for i, sid in enumerate(ids):
@@ -300,12 +347,6 @@ def _write_real_rows(work: Path, index: pd.DataFrame, masks: pd.DataFrame, out: 
             "origin": "real", "image": img_rel, "mask": mask_rel, "format": "png",
             "sha256": sha256_file(out / img_rel)}
         report(on_progress, "copy real samples", i + 1, len(ids))
-
-
-def synthetic_paths(it: PlanItem, output_format: str) -> tuple[str, str]:
-    """(image, mask) paths of a synthetic sample relative to OUT."""
-    base = f"synthetic/{class_slug(it.label)}/{it.sample_id}"
-    return base + FORMATS[output_format], base + "_mask.npy"
 
 
 def _summary(plan: BalancePlan, items: list[PlanItem], record: dict, out: Path, *, generated: int,

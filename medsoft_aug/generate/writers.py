@@ -20,10 +20,30 @@ import numpy as np
 from .. import __version__
 from ..errors import InputError
 from ..fsutil import atomic_path, atomic_write_bytes
+from .plan import class_slug
 
 log = logging.getLogger("medsoft_aug.generate.writers")
 
 DERIVATION = f"MedSoft-Diffusion synthetic lesion inpainting (medsoft-aug {__version__})"
+FORMATS = {"png": ".png", "nifti": ".nii.gz", "dicom": ".dcm"}      # --output-format -> image file extension
+
+
+def synthetic_paths(sample_id: str, label: str, output_format: str) -> tuple[str, str]:
+    """(image, mask) paths of a synthetic sample relative to OUT: ``synthetic/{class}/{id}{ext}`` and
+    ``synthetic/{class}/{id}_mask.npy``."""
+    base = f"synthetic/{class_slug(label)}/{sample_id}"
+    return base + FORMATS[output_format], base + "_mask.npy"
+
+
+def write_image(path: str | Path, image01: np.ndarray, output_format: str, row: dict[str, Any],
+                images_root: Optional[Path], *, sample_id: str, description: str = "") -> None:
+    """Write a synthetic image in ``output_format`` (one of :data:`FORMATS`) with the writer of that format."""
+    if output_format == "png":
+        write_png16(path, image01)
+    elif output_format == "nifti":
+        write_nifti_slice(path, image01, row)
+    else:
+        write_dicom_derived(path, image01, row, images_root, sample_id=sample_id, description=description)
 
 
 def write_png16(path: str | Path, image01: np.ndarray) -> None:

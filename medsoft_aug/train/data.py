@@ -15,65 +15,25 @@ Slices are resized to a square R x R without padding (training only: nothing is 
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
 from ..fsutil import load_npy
-from ..workdir import read_index, read_masks
+from ..geometry import resize_pair
+from ..workdir import describe, normal_class_of, read_index, read_masks
 
 log = logging.getLogger("medsoft_aug.train.data")
 
 MaskMode = Literal["soft", "hard"]
 
 
-def normal_class_of(work: str | Path, given: str | None = None) -> str:
-    """The normal class: ``given``, else ``normal_class`` from WORK/ingest.json, else "normal"."""
-    if given:
-        return given
-    path = Path(work) / "ingest.json"
-    if path.is_file():
-        try:
-            value = json.loads(path.read_text()).get("normal_class")
-        except (OSError, ValueError) as e:
-            raise InputError(f"{path} is not valid JSON: {e}") from e
-        if value:
-            return str(value)
-    return "normal"
-
-
-def resize_pair(image: np.ndarray, mask: np.ndarray, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(H, W) image and mask -> (1, R, R) tensors: bilinear (antialiased) image, area-averaged mask, both clipped
-    to [0, 1]."""
-    img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    msk = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
-    size = (resolution, resolution)
-    if img.shape[-2:] != size:
-        img = F.interpolate(img, size=size, mode="bilinear", align_corners=False, antialias=True)
-    if msk.shape[-2:] != size:
-        # "area" is exact averaging when shrinking; for enlarging it is nearest, so use bilinear there.
-        shrink = msk.shape[-2] >= resolution and msk.shape[-1] >= resolution
-        msk = F.interpolate(msk, size=size, mode="area") if shrink else \
-            F.interpolate(msk, size=size, mode="bilinear", align_corners=False)
-    return img[0].clamp_(0, 1), msk[0].clamp_(0, 1)
-
-
 def vae_input(image: torch.Tensor) -> torch.Tensor:
     """(B, 1, H, W) grayscale in [0, 1] -> (B, 3, H, W) in [-1, 1] (the VAE's input range)."""
     return (image * 2 - 1).expand(-1, 3, -1, -1)
-
-
-def describe(row_text: str, label: str, normal_class: str) -> str:
-    """Conditioning text of a sample (see module docstring)."""
-    if label == normal_class:
-        return ""
-    return row_text.strip() or label.replace("_", " ")
 
 
 class SliceDataset(torch.utils.data.Dataset):
