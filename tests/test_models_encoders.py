@@ -102,7 +102,13 @@ def test_missing_text_config_weights_and_bad_refs(saved_dir, tmp_path):
     folder = tmp_path / "enc"
     shutil.copytree(saved_dir, folder)
     (folder / "config.json").unlink()
-    with pytest.raises(ModelError, match="BiomedNLP-BiomedBERT.*not found offline"):
+    # BiomedCLIP's BERT name resolves to the shipped full-size config, which these tiny weights do not fit
+    with pytest.raises(ModelError, match=r"cannot load open_clip_model.safetensors.*Missing key"):
+        load_encoder(str(folder))
+    cfg = json.loads((folder / "open_clip_config.json").read_text())
+    cfg["model_cfg"]["text_cfg"]["hf_model_name"] = "some-lab/unknown-bert"
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="some-lab/unknown-bert.*not found offline"):
         load_encoder(str(folder))
     shutil.copy(saved_dir / "config.json", folder / "config.json")
     (folder / "open_clip_model.safetensors").unlink()

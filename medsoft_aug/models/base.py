@@ -25,6 +25,7 @@ import torch
 
 from ..errors import ModelError
 from ..fsutil import sha256_file
+from .base_checks import check_base_configs, hub_file_selection, read_base_configs
 
 log = logging.getLogger("medsoft_aug.models.base")
 
@@ -253,6 +254,7 @@ def _load_folder(folder: Path, device, dtype) -> BaseModel:
     missing = [p for p in PARTS if not (folder / p).is_dir()]
     if missing:
         raise ModelError(f"base model folder {folder}: missing {', '.join(p + '/' for p in missing)}")
+    check_base_configs(read_base_configs(folder), str(folder))          # configs only: before any weight
     files: list[Path] = []
     variants: dict[str, Optional[str]] = {}
     for part, stem in _WEIGHT_PARTS.items():
@@ -291,14 +293,21 @@ def _from_pretrained(folder: Path, variants: dict, dtype):
 
 
 def _load_hub(ref: str, device, dtype) -> BaseModel:
-    try:
-        from huggingface_hub import snapshot_download
+    """Download exactly the files the folder loader reads (configs first: a wrong model is refused before any
+    weight is downloaded), then load the snapshot folder."""
+    from huggingface_hub import HfApi, snapshot_download
 
-        path = snapshot_download(ref, allow_patterns=[f"{p}/*" for p in PARTS],
-                                 ignore_patterns=["*.bin", "*.ckpt", "*.msgpack", "*.onnx*", "*.pb", "*.h5"])
+    try:
+        chosen = hub_file_selection(list(HfApi().list_repo_files(ref)))
+        configs = [f for f in chosen if not f.endswith(".safetensors")]
+        path = Path(snapshot_download(ref, allow_patterns=configs))
+        check_base_configs(read_base_configs(path), ref)
+        path = Path(snapshot_download(ref, allow_patterns=chosen))
+    except ModelError:
+        raise
     except Exception as e:  # noqa: BLE001 - offline / unknown id / auth: one clear line
         raise ModelError(f"base model {ref!r}: cannot download from the Hugging Face hub (offline or unknown "
                          f"id? {type(e).__name__}); use a local diffusers-layout folder instead") from e
-    model = _load_folder(Path(path), device, dtype)
+    model = _load_folder(path, device, dtype)
     model.ref = ref
     return model

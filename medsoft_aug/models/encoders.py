@@ -48,8 +48,17 @@ from ..fsutil import atomic_write_json, atomic_write_text, sha256_file
 log = logging.getLogger("medsoft_aug.models.encoders")
 
 TINY_CONFIG = "tiny_biomedclip.json"
+# open_clip's own preference among the weights files of a folder (open_clip.factory._find_checkpoint_in_dir);
+# the file chosen here is the file hashed and the file loaded (``_load_weights``).
 _WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
-                 "model.safetensors", "open_clip_pytorch_model.bin")
+                 "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth",
+                 "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
+# text_cfg keys of the older open_clip_config.json revision (still on mirrors) -> current open_clip names
+_LEGACY_TEXT_KEYS = {"proj": "hf_proj_type", "pooler_type": "hf_pooler_type"}
+# BiomedCLIP's text tower, under its current and its former hub name: its public config ships in configs/
+_BIOMEDBERT_NAMES = ("microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract",
+                     "microsoft/BiomedNLP-PubMedBERT-base-uncased-abstract")
+SHIPPED_BERT_DIR = Path(__file__).resolve().parent / "configs" / "biomedbert"
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
 
@@ -264,15 +273,59 @@ def _write_text_tower_files(folder: Path, bert_config: dict, vocab: list[str]) -
 
 
 def _find_weights(folder: Path) -> Optional[Path]:
+    """The weights file of an open_clip folder, chosen as open_clip chooses it (named files in its preferred
+    order, then any safetensors, then any .bin / .pth, alphabetically)."""
     for name in _WEIGHT_NAMES:
         if (folder / name).is_file():
             return folder / name
-    st = sorted(folder.glob("*.safetensors"))
-    return st[0] if st else None
+    for pattern in ("*.safetensors", "*.bin", "*.pth"):
+        found = sorted(p for p in folder.glob(pattern) if p.is_file())
+        if found:
+            return found[0]
+    return None
+
+
+def _load_weights(model: torch.nn.Module, weights: Path, folder: Path) -> None:
+    """Load ``weights`` into ``model`` through open_clip (key conversions, strict). A pickle (.bin / .pth: the
+    format BiomedCLIP's official weights exist in) is read with ``torch.load(weights_only=True)``, which
+    refuses arbitrary objects; this is the one place encoder weights are read."""
+    import open_clip
+
+    if weights.suffix != ".safetensors":
+        log.warning("encoder folder %s: no safetensors weights; loading %s with torch.load(weights_only=True)",
+                    folder, weights.name)
+    try:
+        open_clip.load_checkpoint(model, str(weights), strict=True, weights_only=True, device="cpu")
+    except Exception as e:  # noqa: BLE001 - a user file: a shape mismatch, truncation or a pickle refused by
+        # weights_only (pickle.UnpicklingError) all become one clear line
+        raise ModelError(f"encoder folder {folder}: cannot load {weights.name} ({type(e).__name__}: "
+                         f"{_gist(e)})") from e
+
+
+def _gist(e: BaseException) -> str:
+    """The informative part of an exception message, one line (load_state_dict puts it on line 2)."""
+    lines = [" ".join(ln.split()) for ln in str(e).splitlines() if ln.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    return (lines[0] if lines else "")[:200]
+
+
+def _text_cfg_current(text_cfg: dict, folder: Path) -> dict:
+    """text_cfg with the legacy keys (``proj``, ``pooler_type``) renamed to open_clip's current ones."""
+    out = dict(text_cfg)
+    for old, new in _LEGACY_TEXT_KEYS.items():
+        if old in out:
+            value = out.pop(old)
+            if new not in out:
+                out[new] = value
+            log.info("encoder folder %s: legacy text_cfg key %r read as %r", folder, old, new)
+    return out
 
 
 def _resolve_bert_dir(folder: Path, name: str) -> Optional[Path]:
     candidates = [Path(name).expanduser(), folder / name, folder, folder / name.rstrip("/").split("/")[-1]]
+    if name in _BIOMEDBERT_NAMES:
+        candidates.append(SHIPPED_BERT_DIR)
     for c in candidates:
         try:
             if (c / "config.json").is_file() and "model_type" in json.loads((c / "config.json").read_text()):
@@ -307,11 +360,10 @@ def _create(folder: Path, require_weights: bool = True) -> tuple[torch.nn.Module
     if weights is None and require_weights:
         raise ModelError(f"encoder folder {folder}: no weights (open_clip_model.safetensors or "
                          f"open_clip_pytorch_model.bin)")
-    if weights is not None and weights.suffix == ".bin":
-        log.warning("encoder folder %s: no safetensors weights; open_clip loads %s with "
-                    "torch.load(weights_only=True)", folder, weights.name)
     overrides: dict[str, Any] = {}
-    text_cfg = dict(model_cfg.get("text_cfg", {}))
+    text_cfg = _text_cfg_current(model_cfg.get("text_cfg", {}), folder)
+    if text_cfg != model_cfg.get("text_cfg", {}):
+        overrides["text_cfg"] = text_cfg
     tok_source: Optional[Path] = folder if any((folder / f).is_file() for f in _TOKENIZER_FILES) else None
     if "hf_model_name" in text_cfg:
         bert_dir = _resolve_bert_dir(folder, text_cfg["hf_model_name"])
@@ -324,18 +376,24 @@ def _create(folder: Path, require_weights: bool = True) -> tuple[torch.nn.Module
         overrides["text_cfg"] = text_cfg
         if tok_source is None and any((bert_dir / f).is_file() for f in _TOKENIZER_FILES):
             tok_source = bert_dir
+    quiet = _DropOpenClipNoWeightsWarnings()
+    logging.getLogger().addFilter(quiet)
     try:
-        model = open_clip.create_model("local-dir:" + str(folder), load_weights=weights is not None, **overrides)
-    except (RuntimeError, ValueError, OSError, KeyError) as e:
-        raise ModelError(f"encoder folder {folder}: cannot build or load the model "
+        model = open_clip.create_model("local-dir:" + str(folder), load_weights=False, **overrides)
+    except (RuntimeError, ValueError, OSError, KeyError, TypeError) as e:
+        raise ModelError(f"encoder folder {folder}: cannot build the model "
                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    finally:
+        logging.getLogger().removeFilter(quiet)
+    if weights is not None:
+        _load_weights(model, weights, folder)
     if "hf_tokenizer_name" in text_cfg or "hf_model_name" in text_cfg:
         if tok_source is None:
             raise ModelError(f"encoder folder {folder}: tokenizer files (vocab.txt or tokenizer.json) missing")
         tokenizer = HFTokenizer(str(tok_source), context_length=text_cfg.get("context_length", 256))
     else:
         tokenizer = open_clip.get_tokenizer("local-dir:" + str(folder))
-    model._medsoft_model_cfg = model_cfg  # type: ignore[attr-defined]
+    model._medsoft_model_cfg = {**model_cfg, "text_cfg": _text_cfg_current(model_cfg.get("text_cfg", {}), folder)}
     return model, tokenizer
 
 
