@@ -38,35 +38,107 @@ def test_counts_match_hand_formula(n_normal, n_c, ratio):
 
 
 def test_ratio_half_rounds_up_without_float_error():
-    p = _plan({"normal": 7, "benign": 1, "malignant": 0}, ratio=0.5, classes=["benign", "malignant"])
+    p = _plan({"normal": 7, "benign": 1, "malignant": 2}, ratio=0.5, classes=["benign", "malignant"])
     assert p.target == {"benign": 4, "malignant": 4}          # ceil(3.5)
-    assert p.to_generate == {"benign": 3, "malignant": 4}
+    assert p.to_generate == {"benign": 3, "malignant": 2}
     assert n_to_generate(0.07, 100, 0) == 7                    # 0.07 * 100 = 7.000000000000001 in floats
     assert math.ceil(0.07 * 100) == 8                          # ... which a naive ceil gets wrong
 
 
-def test_class_above_target_gets_none_and_empty_class_gets_all():
-    p = _plan({"normal": 6, "benign": 9}, classes=["benign", "malignant"],
+def test_class_above_target_gets_none_and_test_rows_never_count():
+    p = _plan({"normal": 6, "benign": 9, "malignant": 1}, classes=["benign", "malignant"],
               split_counts={"test": {"malignant": 2}})
-    assert p.counts_before.get("malignant", 0) == 0            # test rows never count
-    assert p.to_generate == {"benign": 0, "malignant": 6}
+    assert p.counts_before["malignant"] == 1                   # test rows never count
+    assert p.to_generate == {"benign": 0, "malignant": 5}
     assert all(it.label == "malignant" for it in p.items)
 
 
 def test_classes_restricts_and_unknown_class_is_input_error():
     p = _plan({"normal": 5, "benign": 1, "malignant": 1}, classes=["benign"])
     assert set(p.to_generate) == {"benign"}
-    with pytest.raises(InputError, match="unknown class 'tumour'"):
+    with pytest.raises(InputError, match="'tumour': no real training sample"):
         _plan({"normal": 5, "benign": 1}, classes=["tumour"])
 
 
+@pytest.mark.parametrize("given,near", [("Benign", "benign"), ("BENIGN ", "benign"), ("benigm", "benign"),
+                                        ("Spinal-Canal stenosis", "spinal_canal_stenosis")])
+def test_class_with_no_training_sample_is_refused_with_the_near_match(given, near):
+    # Before: 'Benign' (prompts match case-insensitively) became a new class of synthetic samples and no real ones.
+    counts = {"normal": 5, "benign": 1, "spinal_canal_stenosis": 2}
+    with pytest.raises(InputError, match=f"did you mean '{near}'") as e:
+        _plan(counts, classes=[given], prompts={**PROMPTS, "spinal canal stenosis": ["narrow canal"]})
+    assert e.value.exit_code == 3
+
+
+def test_class_only_in_test_split_is_refused():
+    with pytest.raises(InputError, match="'malignant'.*only val/test samples"):
+        _plan({"normal": 6, "benign": 1}, classes=["malignant"], split_counts={"test": {"malignant": 2}})
+
+
+def test_outsized_plan_is_refused_before_any_item_is_built():
+    import time
+
+    t0 = time.perf_counter()
+    with pytest.raises(UsageError, match="999999999 synthetic samples.*100x the 3 training.*--max-synthetic") as e:
+        _plan({"normal": 1, "benign": 1, "malignant": 1}, ratio=1e9, classes=["benign"])
+    assert e.value.exit_code == 2
+    assert time.perf_counter() - t0 < 5                           # generous: the refusal is arithmetic only
+    assert "e+" not in str(e.value)
+    # just above the default limit: 100 x 12 train rows = 1200
+    with pytest.raises(UsageError):
+        _plan({"normal": 10, "benign": 1, "malignant": 1}, ratio=121, classes=["benign"])
+    p = _plan({"normal": 10, "benign": 1, "malignant": 1}, ratio=120, classes=["benign"])
+    assert p.total == 1199
+    # an explicit --max-synthetic allows a larger plan, and can also lower the limit
+    big = _plan({"normal": 10, "benign": 1, "malignant": 1}, ratio=500, classes=["benign"], max_synthetic=5000)
+    assert big.total == 4999 and sum(1 for _ in big.iter_items(2, 7)) == len(big.items[1::7])
+    with pytest.raises(UsageError, match="more than --max-synthetic 10"):
+        _plan({"normal": 10, "benign": 1, "malignant": 1}, max_synthetic=10)
+
+
+def test_streamed_items_equal_the_materialised_plan_and_donor_uses_are_counted():
+    p = _plan({"normal": 7, "benign": 2, "malignant": 0, "odd": 3}, ratio=3.0,
+              prompts={**PROMPTS, "odd": ["x {level}", "y"]})
+    items = p.items
+    assert items == list(p.iter_items())
+    for k in (1, 2, 3):
+        assert list(p.iter_items(k, 3)) == shard_items(items, k, 3)
+    counted: dict = {}
+    for it in items:
+        counted[it.donor_id] = counted.get(it.donor_id, 0) + 1
+    assert p.donor_uses() == counted                             # arithmetic == counting the items
+    prompts: dict = {}
+    for it in items:
+        prompts.setdefault(it.label, [])
+        if it.prompt not in prompts[it.label]:
+            prompts[it.label].append(it.prompt)
+    assert p.prompts() == prompts and p.to_dict()["total_to_generate"] == len(items)
+
+
+def test_dicom_output_keeps_only_dicom_donors_and_refuses_when_none():
+    idx = make_index({"normal": 6, "benign": 1})
+    fmts = ["dicom", "nifti", "dicom-series", "raster", "nifti", "dicom"]
+    idx.loc[idx.label == "normal", "source_format"] = fmts
+    masks = make_masks(idx)
+    p = plan_balance(idx, masks, prompts=PROMPTS, output_format="dicom")
+    src = dict(zip(idx.sample_id, idx.source_format))
+    assert {src[it.donor_id] for it in p.items} <= {"dicom", "dicom-series"}
+    doc = p.to_dict(with_items=False)
+    assert doc["output_format"] == "dicom" and doc["donors"]["pool"] == 3 and doc["donors"]["eligible"] == 6
+    assert doc["donors"]["excluded_not_dicom"] == {"nifti": 2, "raster": 1}
+    assert plan_balance(idx, masks, prompts=PROMPTS).to_dict()["donors"]["pool"] == 6    # PNG: every donor
+    idx.loc[idx.label == "normal", "source_format"] = "nifti"
+    with pytest.raises(InputError, match="needs DICOM donors.*nifti: 6.*png or nifti"):
+        plan_balance(idx, masks, prompts=PROMPTS, output_format="dicom")
+
+
 def test_donors_spread_evenly_and_only_ok_normals_from_train():
-    counts = {"normal": 7, "benign": 0, "malignant": 0}
+    counts = {"normal": 7, "benign": 1, "malignant": 1}
     p = _plan(counts, classes=["benign", "malignant"], bad=("train-normal-002",),
               split_counts={"test": {"normal": 3}})
     uses = p.donor_uses()
     assert "train-normal-002" not in uses and not any(d.startswith("test-") for d in uses)
-    assert len(uses) == 6 and sum(uses.values()) == 14
+    assert len(uses) == 6 and sum(uses.values()) == 12
     assert max(uses.values()) - min(uses.values()) <= 1
 
 

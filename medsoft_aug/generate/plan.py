@@ -13,15 +13,22 @@ the pool is restricted to them, so a stenosis is inpainted where a normal canal 
 Prompts name the donor's level: ``{level}`` in a template, or the level a real description names, becomes the
 donor's level (the soft mask sits there). Each planned sample has a stable id ``syn-{class}-{k:05d}`` and a seed derived from (run seed, id) by a hash, so
 its result does not depend on batch size, sharding or restarts. Nothing here touches a model or the disk.
+
+Size: the counts come first (O(classes) memory) and the items are streamed (:meth:`BalancePlan.iter_items`), so a
+plan larger than ``max_synthetic`` (default ``MAX_PLAN_FACTOR`` = 100x the train split) is refused before anything
+is built. ``--classes`` must name classes that have real training samples; a near match (case, punctuation, a typo)
+is suggested. DICOM output needs DICOM donors: with ``output_format="dicom"`` the donor pool keeps only donors
+ingested from DICOM (the excluded ones are counted in the plan); none left is an InputError before any model loads.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 import re
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,6 +36,8 @@ import pandas as pd
 from ..errors import InputError, UsageError
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+MAX_PLAN_FACTOR = 100                          # default limit: synthetic samples per training sample
+DICOM_SOURCES = ("dicom", "dicom-series")      # index.csv source_format values a DICOM output can be built from
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,19 @@ class PlanItem:
     seed: int           # 63-bit seed derived from (run seed, sample_id)
 
 
+@dataclass(frozen=True)
+class ClassPlan:
+    """How one class's items are made: item k uses ``texts[k % len(texts)]`` and donor
+    ``pools[pool][(start + k) % len(pool)]`` (the round-robin cursor of its pool continues across classes)."""
+
+    label: str
+    slug: str
+    n: int
+    texts: tuple[tuple[str, str], ...]      # (text, the level the text names or "")
+    pool: str                               # key into BalancePlan.pools ("" = every donor)
+    start: int
+
+
 @dataclass
 class BalancePlan:
     normal_class: str
@@ -53,30 +75,74 @@ class BalancePlan:
     to_generate: dict[str, int]          # per planned disease class
     counts_after: dict[str, int]         # counts_before + to_generate
     prompt_source: dict[str, str]        # class -> "file" | "descriptions"
-    items: list[PlanItem] = field(default_factory=list)
+    output_format: str = "png"
+    classes: list[ClassPlan] = field(default_factory=list)
+    pools: dict[str, list[str]] = field(default_factory=dict, repr=False)    # donor ids, permuted
+    levels: dict[str, str] = field(default_factory=dict, repr=False)         # donor id -> level
+    donor_pool: dict[str, Any] = field(default_factory=dict)   # eligible / pool sizes, excluded donors by format
+
+    @property
+    def total(self) -> int:
+        return sum(c.n for c in self.classes)
+
+    def iter_items(self, k: int = 1, n: int = 1) -> Iterator[PlanItem]:
+        """The items in plan order (class by class), only every n-th from k-1 (shard K of N); built lazily."""
+        i = 0
+        for c in self.classes:
+            for j in range(c.n):
+                if i % n == k - 1:
+                    yield self._item(c, j)
+                i += 1
+
+    @property
+    def items(self) -> list[PlanItem]:
+        """Every item as a list (bounded: the plan was checked against ``max_synthetic``)."""
+        return list(self.iter_items())
+
+    def _item(self, c: ClassPlan, j: int) -> PlanItem:
+        pool = self.pools[c.pool]
+        donor = pool[(c.start + j) % len(pool)]
+        sid = f"syn-{c.slug}-{j:05d}"
+        text = _fill_prompt(*c.texts[j % len(c.texts)], self.levels.get(donor, ""))
+        return PlanItem(sid, c.label, j, donor, text, derive_seed(self.run_seed, sid))
 
     def donor_uses(self) -> dict[str, int]:
+        """Donor id -> number of items using it, by arithmetic over the round-robin cursors (O(donors))."""
+        per_pool: dict[str, int] = {}
+        for c in self.classes:
+            per_pool[c.pool] = max(per_pool.get(c.pool, 0), c.start + c.n)
         uses: dict[str, int] = {}
-        for it in self.items:
-            uses[it.donor_id] = uses.get(it.donor_id, 0) + 1
+        for key, total in per_pool.items():
+            pool = self.pools[key]
+            q, r = divmod(total, len(pool))
+            for i, d in enumerate(pool):
+                if q + (i < r):
+                    uses[d] = uses.get(d, 0) + q + (i < r)
         return uses
+
+    def prompts(self) -> dict[str, list[str]]:
+        """Distinct prompts per class in order of first use (one period of (text, donor) pairs is enough)."""
+        out: dict[str, list[str]] = {}
+        for c in self.classes:
+            seen: dict[str, None] = {}
+            for j in range(min(c.n, len(c.texts) * len(self.pools[c.pool]))):
+                seen.setdefault(self._item(c, j).prompt, None)
+            if seen:
+                out[c.label] = list(seen)
+        return out
 
     def to_dict(self, with_items: bool = True) -> dict[str, Any]:
         """JSON-ready summary (the ``--dry-run`` document)."""
-        prompts: dict[str, list[str]] = {}
-        for it in self.items:
-            lst = prompts.setdefault(it.label, [])
-            if it.prompt not in lst:
-                lst.append(it.prompt)
+        uses = self.donor_uses()
         d: dict[str, Any] = {
             "normal_class": self.normal_class, "ratio": self.ratio, "seed": self.run_seed,
             "counts_before": self.counts_before, "target": self.target, "to_generate": self.to_generate,
-            "counts_after": self.counts_after, "total_to_generate": len(self.items),
-            "donors": {"n_used": len(self.donor_uses()), "uses": self.donor_uses()},
-            "prompt_source": self.prompt_source, "prompts": prompts,
+            "counts_after": self.counts_after, "total_to_generate": self.total, "output_format": self.output_format,
+            "donors": {"n_used": len(uses), "uses": uses, **self.donor_pool},
+            "prompt_source": self.prompt_source, "prompts": self.prompts(),
         }
         if with_items:
-            d["items"] = [asdict(it) for it in self.items]
+            d["items"] = [asdict(it) for it in self.iter_items()]
         return d
 
 
@@ -128,109 +194,160 @@ def plan_balance(
     prompts: Optional[Mapping[str, Sequence[str]]] = None,
     prompt_mode: str = "auto",
     seed: int = 0,
+    max_synthetic: Optional[int] = None,
+    output_format: str = "png",
 ) -> BalancePlan:
     """Plan the synthetic samples that bring each disease class to ``ratio`` times the normal class (train split).
 
     Args:
         index: ``WORK/index.csv`` as strings (columns of ``workdir.INDEX_COLUMNS``; at least sample_id, label,
-            split; ``description``, ``condition``, ``level`` used when present).
+            split; ``description``, ``condition``, ``level``, ``source_format`` used when present).
         masks: ``WORK/masks.csv`` (sample_id, status, mask).
         normal_class: the majority class (from ``WORK/ingest.json``).
         ratio: r > 0; target per class = ceil(r * N_normal).
-        classes: restrict to these disease classes (default: every non-normal class in the train split).
+        classes: restrict to these disease classes (default: every non-normal class in the train split); each
+            must have real training samples.
         prompts: class -> texts, keys matched with :func:`prompt_key` (from a prompts file or the shipped defaults).
         prompt_mode: ``auto`` (the class's real train-split descriptions if any, else ``prompts``),
             ``descriptions`` (real descriptions only), ``file`` (``prompts`` only).
         seed: run seed (donor permutation and per-sample seeds).
+        max_synthetic: most synthetic samples allowed (default ``MAX_PLAN_FACTOR`` x the train split).
+        output_format: ``dicom`` keeps only DICOM donors in the pool.
 
     Raises:
-        UsageError: ratio <= 0, bad prompt_mode. InputError: no normal training samples, unknown class, no
-        usable donor, no prompt for a class.
+        UsageError: ratio <= 0, bad prompt_mode, a plan above ``max_synthetic``. InputError: no normal training
+        samples, a class without training samples, no usable donor, no prompt for a class.
     """
+    # 1. options and train-split counts (O(classes))
     if not (ratio > 0 and math.isfinite(ratio)):
         raise UsageError(f"--target-ratio must be a positive number, got {ratio}")
     if prompt_mode not in ("auto", "descriptions", "file"):
         raise UsageError(f"prompt mode must be auto, descriptions or file, got {prompt_mode!r}")
     train = index[index["split"] == "train"]
-    counts = train["label"].value_counts()
-    counts_before = {str(k): int(v) for k, v in sorted(counts.items())}
+    counts_before = {str(k): int(v) for k, v in sorted(train["label"].value_counts().items())}
     n_normal = counts_before.get(normal_class, 0)
     if n_normal == 0:
         raise InputError(f"no training samples of the normal class {normal_class!r}: nothing to balance against")
-
-    if classes:
-        known = set(index["label"]) | {k for k in (prompts or {})}
-        known_keys = {prompt_key(k) for k in known}
-        for c in classes:
-            if c == normal_class:
-                raise InputError(f"--classes names the normal class {c!r}")
-            if c not in known and prompt_key(c) not in known_keys:
-                raise InputError(f"unknown class {c!r}: not in index.csv nor in the prompts")
-        planned = list(dict.fromkeys(classes))
-    else:
-        planned = [c for c in counts_before if c != normal_class]
-    slugs = {c: class_slug(c) for c in planned}
-    if len(set(slugs.values())) != len(slugs):
-        raise InputError("two class names map to the same sample-id prefix: " + ", ".join(sorted(planned)))
-
-    to_gen = {c: n_to_generate(ratio, n_normal, counts_before.get(c, 0)) for c in planned}
+    # 2. planned classes and their sizes; refuse an outsized plan before building anything
+    planned = _planned_classes(classes, counts_before, normal_class, index)
     target = {c: math.ceil(Fraction(repr(float(ratio))) * n_normal) for c in planned}
+    to_gen = {c: n_to_generate(ratio, n_normal, counts_before.get(c, 0)) for c in planned}
+    _check_size(sum(to_gen.values()), len(train), max_synthetic)
+    # 3. donor pool (normal train samples with an ok mask, seeded permutation) and per-class texts and pools
+    order, pool_info = _donor_order(train, masks, normal_class, output_format, seed, sum(to_gen.values()))
+    normals = train.set_index("sample_id", drop=False).loc[order] if order else train.iloc[:0]
+    levels = dict(zip(order, _column(normals, "level")))
+    cond_of = dict(zip(order, _column(normals, "condition")))
+    pools: dict[str, list[str]] = {"": order}
+    specs, sources, cursor = [], {}, {}
+    for c in planned:
+        rows = train[train["label"] == c]
+        texts, sources[c] = _class_texts(c, rows, prompts, prompt_mode)
+        if to_gen[c] and not texts:
+            raise InputError(f"no prompt for class {c!r}: no lesion descriptions in the train split and none in "
+                             "the prompts file (give --prompts FILE)")
+        key = _pool_key(rows, order, cond_of, pools)
+        specs.append(ClassPlan(c, class_slug(c), to_gen[c], tuple(texts), key, cursor.get(key, 0)))
+        cursor[key] = cursor.get(key, 0) + to_gen[c]
+    counts_after = {**counts_before, **{c: counts_before[c] + n for c, n in to_gen.items()}}
+    return BalancePlan(normal_class=normal_class, ratio=float(ratio), run_seed=int(seed),
+                       counts_before=counts_before, target=target, to_generate=to_gen,
+                       counts_after=counts_after, prompt_source=sources,
+                       output_format=output_format, classes=specs, pools=pools, levels=levels,
+                       donor_pool=pool_info)
 
-    # Donor pool: normal train samples with a usable soft mask, in sorted order, then a seeded permutation.
+
+def _column(df: pd.DataFrame, name: str) -> list[str]:
+    return [str(v) for v in df[name]] if name in df.columns else [""] * len(df)
+
+
+def _near_match(name: str, known: Sequence[str]) -> Optional[str]:
+    """The known class ``name`` most likely means: same key (case, punctuation), else the closest spelling."""
+    by_key = {prompt_key(k): k for k in known}
+    if prompt_key(name) in by_key:
+        return by_key[prompt_key(name)]
+    close = difflib.get_close_matches(prompt_key(name), list(by_key), n=1, cutoff=0.6)
+    return by_key[close[0]] if close else None
+
+
+def _planned_classes(classes: Optional[Sequence[str]], counts: dict[str, int], normal_class: str,
+                     index: pd.DataFrame) -> list[str]:
+    """The disease classes to balance; a named class must have real training samples (else a near match)."""
+    diseases = [c for c in counts if c != normal_class]
+    if not classes:
+        return diseases
+    for c in classes:
+        if c == normal_class:
+            raise InputError(f"--classes names the normal class {c!r}")
+        if counts.get(c, 0) > 0:
+            continue
+        near = _near_match(c, diseases)
+        hint = f"did you mean {near!r}? " if near else ""
+        where = " (it has only val/test samples)" if c in set(index["label"]) else ""
+        listed = ", ".join(diseases[:10]) + (" ..." if len(diseases) > 10 else "")
+        raise InputError(f"--classes {c!r}: no real training sample has this class{where}; {hint}"
+                         f"classes in the train split: {listed or 'none'}")
+    return list(dict.fromkeys(classes))
+
+
+def _check_size(total: int, n_train: int, max_synthetic: Optional[int]) -> None:
+    if max_synthetic is not None and int(max_synthetic) < 0:
+        raise UsageError(f"--max-synthetic must be >= 0, got {max_synthetic}")
+    limit = MAX_PLAN_FACTOR * n_train if max_synthetic is None else int(max_synthetic)
+    if total <= limit:
+        return
+    why = (f"more than {MAX_PLAN_FACTOR}x the {n_train} training samples" if max_synthetic is None
+           else f"more than --max-synthetic {limit}")
+    raise UsageError(f"the plan would generate {total} synthetic samples, {why}: lower --target-ratio, "
+                     f"or allow it with --max-synthetic {total}")
+
+
+def _donor_order(train: pd.DataFrame, masks: pd.DataFrame, normal_class: str, output_format: str, seed: int,
+                 total: int) -> tuple[list[str], dict[str, Any]]:
+    """Normal train samples with a usable soft mask (only DICOM ones for DICOM output), sorted, then permuted."""
     ok = masks[(masks.get("status", "ok") == "ok") & (masks.get("mask", "x") != "")]
-    ok_ids = set(ok["sample_id"])
-    normals = train[(train["label"] == normal_class) & train["sample_id"].isin(ok_ids)].sort_values("sample_id")
-    total = sum(to_gen.values())
+    normals = train[(train["label"] == normal_class) & train["sample_id"].isin(set(ok["sample_id"]))]
+    normals = normals.sort_values("sample_id")
+    info: dict[str, Any] = {"eligible": len(normals)}
+    if output_format == "dicom":
+        fmt = pd.Series(_column(normals, "source_format"), index=normals.index)
+        bad = fmt[~fmt.isin(DICOM_SOURCES)]
+        info["excluded_not_dicom"] = {str(k or "unknown"): int(v) for k, v in sorted(bad.value_counts().items())}
+        normals = normals[fmt.isin(DICOM_SOURCES)]
+        if total and normals.empty and info["eligible"]:
+            kinds = ", ".join(f"{k}: {v}" for k, v in info["excluded_not_dicom"].items())
+            raise InputError(f"--output-format dicom needs DICOM donors, but none of the {info['eligible']} normal "
+                             f"training samples with a usable mask comes from DICOM ({kinds}): choose "
+                             "--output-format png or nifti")
+    info["pool"] = len(normals)
     if total and normals.empty:
         raise InputError(f"no normal training sample of class {normal_class!r} has a usable soft mask "
                          "(masks.csv status ok): no donors")
     rng = np.random.default_rng(int(seed))
-    cond = normals["condition"] if "condition" in normals.columns else pd.Series([""] * len(normals))
-    level = dict(zip(normals["sample_id"], normals["level"] if "level" in normals.columns else [""] * len(normals)))
-    order = list(normals["sample_id"].to_numpy()[rng.permutation(len(normals))]) if len(normals) else []
-    cond_of = dict(zip(normals["sample_id"], cond))
-    pools: dict[str, list[str]] = {"": order}
-    cursor: dict[str, int] = {}
+    ids = normals["sample_id"].to_numpy()
+    return [str(s) for s in ids[rng.permutation(len(ids))]], info
 
-    items: list[PlanItem] = []
-    sources: dict[str, str] = {}
+
+def _class_texts(c: str, rows: pd.DataFrame, prompts: Optional[Mapping[str, Sequence[str]]],
+                 prompt_mode: str) -> tuple[list[tuple[str, str]], str]:
+    """(texts, source): the class's real train-split descriptions (with their level) or the prompts file's."""
+    descs = sorted({(d.strip(), lv) for d, lv in zip(_column(rows, "description"), _column(rows, "level"))
+                    if d.strip()})
+    if prompt_mode == "descriptions" or (prompt_mode == "auto" and descs):
+        return descs, "descriptions"
     pkeys = {prompt_key(k): list(v) for k, v in (prompts or {}).items()}
-    for c in planned:
-        n = to_gen[c]
-        rows = train[train["label"] == c]
-        descs = sorted({(str(d).strip(), str(lv)) for d, lv in zip(rows.get("description", pd.Series(dtype=str)),
-                                                                   rows.get("level", pd.Series(dtype=str)))
-                        if str(d).strip()})
-        if prompt_mode == "descriptions" or (prompt_mode == "auto" and descs):
-            texts, sources[c] = descs, "descriptions"
-        else:
-            texts, sources[c] = [(t, "") for t in pkeys.get(prompt_key(c), [])], "file"
-        if n and not texts:
-            raise InputError(f"no prompt for class {c!r}: no lesion descriptions in the train split and none in "
-                             "the prompts file (give --prompts FILE)")
-        conds = {str(x) for x in rows.get("condition", pd.Series(dtype=str))}
-        pool_key = ""
-        if len(conds) == 1 and next(iter(conds)):
-            only = next(iter(conds))
-            if only not in pools:
-                pools[only] = [d for d in order if cond_of.get(d, "") == only]
-            if pools[only]:
-                pool_key = only
-        pool = pools[pool_key]
-        for k in range(n):
-            j = cursor.get(pool_key, 0)
-            cursor[pool_key] = j + 1
-            donor = pool[j % len(pool)]
-            sid = f"syn-{slugs[c]}-{k:05d}"
-            text = _fill_prompt(*texts[k % len(texts)], str(level.get(donor, "")))
-            items.append(PlanItem(sid, c, k, str(donor), text, derive_seed(seed, sid)))
+    return [(t, "") for t in pkeys.get(prompt_key(c), [])], "file"
 
-    counts_after = dict(counts_before)
-    for c, n in to_gen.items():
-        counts_after[c] = counts_after.get(c, 0) + n
-    return BalancePlan(normal_class=normal_class, ratio=float(ratio), run_seed=int(seed),
-                       counts_before=counts_before, target=target, to_generate=to_gen, counts_after=counts_after,
-                       prompt_source=sources, items=items)
+
+def _pool_key(rows: pd.DataFrame, order: list[str], cond_of: dict[str, str], pools: dict[str, list[str]]) -> str:
+    """A class whose rows all share one condition draws from the normal donors of that condition, when any."""
+    conds = set(_column(rows, "condition"))
+    if len(conds) != 1 or not next(iter(conds)):
+        return ""
+    only = next(iter(conds))
+    if only not in pools:
+        pools[only] = [d for d in order if cond_of.get(d, "") == only]
+    return only if pools[only] else ""
 
 
 def parse_shard(spec: Optional[str]) -> tuple[int, int]:
