@@ -31,19 +31,38 @@ def test_loss_is_eq4_on_hand_computed_features():
     assert torch.allclose(predict_e_msc(enc, task.msc, x0, m, batch["text"]), pred, atol=1e-5)
 
 
+def _items(batch: dict) -> list[dict]:
+    """A batch split back into dataset items (what ``setup`` reads)."""
+    return [{k: (v[i] if k != "index" else int(v[i])) for k, v in batch.items()} for i in range(len(batch["text"]))]
+
+
 def test_feature_cache_hits_and_invalidates():
-    task = MSCTask(tiny_encoder(), seed=0)
+    task = MSCTask(tiny_encoder(), seed=0, cache_batch=2)
     batch = msc_batch(3, seed=2)
+    task.setup(torch.device("cpu"), torch.float32, _items(batch))     # filled once, in fixed chunks
     first = task.loss(batch)[0]
-    assert (task.cache_misses, task.cache_hits) == (3, 0)
-    assert torch.equal(task.loss(batch)[0], first)
-    assert (task.cache_misses, task.cache_hits) == (3, 3)
+    assert (task.cache_misses, task.cache_hits) == (0, 3)
     changed = dict(batch, image=batch["image"].clone())
     changed["image"][0] = 1 - changed["image"][0]                    # same id, new pixels -> recomputed
     task.loss(changed)
-    assert (task.cache_misses, task.cache_hits) == (4, 5)
+    assert (task.cache_misses, task.cache_hits) == (1, 5)
+    task.loss(changed)
+    assert (task.cache_misses, task.cache_hits) == (2, 7)             # a miss is never added during training
     uncached = MSCTask(tiny_encoder(), seed=0, cache_features=False)
-    assert torch.equal(uncached.loss(batch)[0], first)
+    uncached.setup(torch.device("cpu"), torch.float32, _items(batch))
+    assert torch.allclose(uncached.loss(batch)[0], first, rtol=1e-5) and not uncached._cache
+
+
+def test_cached_features_do_not_depend_on_which_samples_shared_a_batch():
+    """Resumed runs see the same features as uninterrupted ones: the cache is a function of the dataset only."""
+    batch = msc_batch(5, seed=4)
+    a, b = MSCTask(tiny_encoder(), seed=0, cache_batch=2), MSCTask(tiny_encoder(), seed=0, cache_batch=2)
+    a.setup(torch.device("cpu"), torch.float32, _items(batch))
+    b.loss({k: v[:3] if k != "index" else v[:3] for k, v in batch.items()})   # on-the-fly misses first ...
+    b.setup(torch.device("cpu"), torch.float32, _items(batch))            # ... do not change what is cached
+    assert a._cache.keys() == b._cache.keys()
+    for k in a._cache:
+        assert all(torch.equal(x, y) for x, y in zip(a._cache[k], b._cache[k]))
 
 
 def test_training_reduces_loss_and_only_msc_changes():

@@ -76,13 +76,9 @@ def test_class_only_in_test_split_is_refused():
 
 
 def test_outsized_plan_is_refused_before_any_item_is_built():
-    import time
-
-    t0 = time.perf_counter()
     with pytest.raises(UsageError, match="999999999 synthetic samples.*100x the 3 training.*--max-synthetic") as e:
         _plan({"normal": 1, "benign": 1, "malignant": 1}, ratio=1e9, classes=["benign"])
     assert e.value.exit_code == 2
-    assert time.perf_counter() - t0 < 5                           # generous: the refusal is arithmetic only
     assert "e+" not in str(e.value)
     # just above the default limit: 100 x 12 train rows = 1200
     with pytest.raises(UsageError):

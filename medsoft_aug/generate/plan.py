@@ -214,9 +214,8 @@ def plan_balance(
         max_synthetic: most synthetic samples allowed (default ``MAX_PLAN_FACTOR`` x the train split).
         output_format: ``dicom`` keeps only DICOM donors in the pool.
 
-    Raises:
-        UsageError: ratio <= 0, bad prompt_mode, a plan above ``max_synthetic``. InputError: no normal training
-        samples, a class without training samples, no usable donor, no prompt for a class.
+    Raises UsageError (ratio <= 0, bad prompt_mode, a plan above ``max_synthetic``) or InputError (no normal
+    training samples, a class without training samples, no usable donor, no prompt for a class).
     """
     # 1. options and train-split counts (O(classes))
     if not (ratio > 0 and math.isfinite(ratio)):
@@ -233,12 +232,24 @@ def plan_balance(
     target = {c: math.ceil(Fraction(repr(float(ratio))) * n_normal) for c in planned}
     to_gen = {c: n_to_generate(ratio, n_normal, counts_before.get(c, 0)) for c in planned}
     _check_size(sum(to_gen.values()), len(train), max_synthetic)
-    # 3. donor pool (normal train samples with an ok mask, seeded permutation) and per-class texts and pools
+    # 3. donor pool (normal train samples with an ok mask, seeded permutation); per-class texts and pools
     order, pool_info = _donor_order(train, masks, normal_class, output_format, seed, sum(to_gen.values()))
     normals = train.set_index("sample_id", drop=False).loc[order] if order else train.iloc[:0]
-    levels = dict(zip(order, _column(normals, "level")))
-    cond_of = dict(zip(order, _column(normals, "condition")))
     pools: dict[str, list[str]] = {"": order}
+    specs, sources = _class_plans(train, planned, to_gen, prompts, prompt_mode, pools,
+                                  dict(zip(order, _column(normals, "condition"))))
+    counts_after = {**counts_before, **{c: counts_before[c] + n for c, n in to_gen.items()}}
+    return BalancePlan(normal_class=normal_class, ratio=float(ratio), run_seed=int(seed),
+                       counts_before=counts_before, target=target, to_generate=to_gen,
+                       counts_after=counts_after, prompt_source=sources, output_format=output_format,
+                       classes=specs, pools=pools, levels=dict(zip(order, _column(normals, "level"))),
+                       donor_pool=pool_info)
+
+
+def _class_plans(train: pd.DataFrame, planned: list[str], to_gen: dict[str, int],
+                 prompts: Optional[Mapping[str, Sequence[str]]], prompt_mode: str, pools: dict[str, list[str]],
+                 cond_of: dict[str, str]) -> tuple[list[ClassPlan], dict[str, str]]:
+    """One ClassPlan per planned class (texts, pool, cursor start) and where its prompts come from."""
     specs, sources, cursor = [], {}, {}
     for c in planned:
         rows = train[train["label"] == c]
@@ -246,15 +257,10 @@ def plan_balance(
         if to_gen[c] and not texts:
             raise InputError(f"no prompt for class {c!r}: no lesion descriptions in the train split and none in "
                              "the prompts file (give --prompts FILE)")
-        key = _pool_key(rows, order, cond_of, pools)
+        key = _pool_key(rows, pools[""], cond_of, pools)
         specs.append(ClassPlan(c, class_slug(c), to_gen[c], tuple(texts), key, cursor.get(key, 0)))
         cursor[key] = cursor.get(key, 0) + to_gen[c]
-    counts_after = {**counts_before, **{c: counts_before[c] + n for c, n in to_gen.items()}}
-    return BalancePlan(normal_class=normal_class, ratio=float(ratio), run_seed=int(seed),
-                       counts_before=counts_before, target=target, to_generate=to_gen,
-                       counts_after=counts_after, prompt_source=sources,
-                       output_format=output_format, classes=specs, pools=pools, levels=levels,
-                       donor_pool=pool_info)
+    return specs, sources
 
 
 def _column(df: pd.DataFrame, name: str) -> list[str]:

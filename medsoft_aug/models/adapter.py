@@ -8,7 +8,9 @@ implemented by diffusers' ``IPAdapterAttnProcessor2_0`` (``scale`` = gamma, ``to
 ``added_cond_kwargs=adapter_kwargs(e_msc)``. The base weights are untouched: the adapter lives in the processors.
 
 Initialisation: W'_v is zero, so a freshly installed adapter leaves the base model's output unchanged (as a
-zero-initialised ControlNet/LoRA branch does); W'_k keeps torch's default init. Note: with a single e_MSC token the
+zero-initialised ControlNet/LoRA branch does); W'_k keeps torch's default init, drawn from ``seed`` when given
+(training passes one derived from the run seed, so a run resumed in a fresh process starts from the same W'_k; the
+global RNG is left untouched). Note: with a single e_MSC token the
 second softmax is over one key and is identically 1, so the adapter branch equals ``gamma * e_MSC W'_v`` for every
 query and W'_k receives no gradient (it changes only through AdamW's weight decay). That is Eq. 5 with e_MSC (B, D)
 as the paper writes it; a multi-token e_MSC would make W'_k matter.
@@ -16,6 +18,7 @@ as the paper writes it; a multi-token e_MSC would make W'_k matter.
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import torch
 from torch import nn
@@ -45,7 +48,8 @@ def _cross_attention_modules(unet: nn.Module) -> dict[str, nn.Module]:
     return out
 
 
-def install_adapter(unet: nn.Module, msc_dim: int, gamma: float = 1.0, dtype: torch.dtype = torch.float32) -> int:
+def install_adapter(unet: nn.Module, msc_dim: int, gamma: float = 1.0, dtype: torch.dtype = torch.float32,
+                    seed: Optional[int] = None) -> int:
     """Install decoupled cross-attention processors on every cross-attention layer of ``unet`` (in place).
 
     Args:
@@ -53,6 +57,7 @@ def install_adapter(unet: nn.Module, msc_dim: int, gamma: float = 1.0, dtype: to
         msc_dim: D, the width of e_MSC (the MSC / BiomedCLIP embedding size; 512 for BiomedCLIP).
         gamma: weight of the medical-semantic attention term (Eq. 5), >= 0.
         dtype: dtype of the new W'_k/W'_v (float32 for training; the inference dtype when loading).
+        seed: seed of W'_k's initialisation (None: the global RNG, as torch does; loading overwrites it anyway).
 
     Returns the number of decoupled layers (16 on SD1.5). Self-attention layers keep their processors.
     Only the adapter tensors are left trainable by this function if the caller froze the UNet before.
@@ -69,12 +74,15 @@ def install_adapter(unet: nn.Module, msc_dim: int, gamma: float = 1.0, dtype: to
         raise ModelError("adapter: the UNet has no cross-attention layers")
     device = next(unet.parameters()).device
     procs = dict(unet.attn_processors)
-    for name, attn in cross.items():
-        proc = IPAdapterAttnProcessor2_0(hidden_size=attn.to_k.out_features, cross_attention_dim=msc_dim,
-                                         scale=float(gamma), num_tokens=(1,))
-        for lin in proc.to_v_ip:
-            nn.init.zeros_(lin.weight)
-        procs[name] = proc.to(device=device, dtype=dtype)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        for name, attn in cross.items():
+            proc = IPAdapterAttnProcessor2_0(hidden_size=attn.to_k.out_features, cross_attention_dim=msc_dim,
+                                             scale=float(gamma), num_tokens=(1,))
+            for lin in proc.to_v_ip:
+                nn.init.zeros_(lin.weight)
+            procs[name] = proc.to(device=device, dtype=dtype)
     unet.set_attn_processor(procs)
     unet.encoder_hid_proj = MultiIPAdapterImageProjection([_Identity()])
     unet.config.encoder_hid_dim_type = "ip_image_proj"

@@ -3,8 +3,9 @@
 MODEL_DIR/
   medsoft_model.json   written last (its presence marks a complete model): format version, created time, package
                        versions, base-model and encoder references with sha256, MSC config, adapter settings
-                       (gamma, D, layer count), training arguments and per-stage results, WORK provenance, and
-                       the sha256 of every weight file below
+                       (gamma, D, layer count), training arguments and per-stage results, WORK provenance
+                       (``work``: path, sha256 of index.csv and masks.csv, and their joint ``fingerprint``, which
+                       ``balance`` compares with the WORK it is given), and the sha256 of every weight file below
   msc.safetensors      the Medical Semantic Controller (absent with --no-msc)
   adapter.safetensors  W'_k / W'_v of the decoupled cross-attention layers (absent with --no-msc)
   unet.safetensors     trained UNet tensors: all of them with --train-unet full, the text cross-attention W_k/W_v
@@ -13,6 +14,7 @@ MODEL_DIR/
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -70,6 +72,44 @@ def package_versions() -> dict[str, Optional[str]]:
         except metadata.PackageNotFoundError:
             out[dist] = None
     return out
+
+
+WORK_TABLES = ("index.csv", "masks.csv")
+
+
+def work_fingerprint(table_sha256: dict[str, str]) -> str:
+    """Fingerprint of a training WORK: sha256 over the hashes of its index.csv and masks.csv (by name)."""
+    h = hashlib.sha256()
+    for name in WORK_TABLES:
+        h.update(f"{name}:{table_sha256.get(name, '')}\n".encode())
+    return h.hexdigest()
+
+
+def work_record(work: str | Path) -> dict[str, str]:
+    """What MODEL_DIR records of its training WORK: path, table hashes and their fingerprint."""
+    work = Path(work)
+    shas = {name: sha256_file(work / name) for name in WORK_TABLES if (work / name).is_file()}
+    rec = {"path": str(work.resolve())}
+    rec.update({f"{name.split('.')[0]}_sha256": sha for name, sha in shas.items()})
+    rec["fingerprint"] = work_fingerprint(shas)
+    return rec
+
+
+def work_mismatch(meta: dict[str, Any], work: str | Path) -> Optional[str]:
+    """A warning (no patient data: hashes and folder names only) when ``work`` is not the WORK the model in
+    ``meta`` was trained on, else None. Models written before the fingerprint existed are compared by their
+    recorded table hashes."""
+    rec = meta.get("work") or {}
+    trained = rec.get("fingerprint") or (
+        work_fingerprint({n: rec.get(f"{n.split('.')[0]}_sha256", "") for n in WORK_TABLES})
+        if rec.get("index_sha256") else None)
+    if trained is None:
+        return "the model records no training WORK fingerprint: cannot check it was trained on this WORK"
+    now = work_record(work)["fingerprint"]
+    if now == trained:
+        return None
+    return (f"the model was trained on another WORK (fingerprint {trained[:12]}, this WORK {now[:12]}: "
+            "index.csv or masks.csv differ); synthetic samples may not match this dataset")
 
 
 def write_meta(model_dir: str | Path, meta: dict[str, Any]) -> Path:

@@ -263,8 +263,11 @@ def run_task(task, dataset, *, accelerator, config: LoopConfig, val_dataset=None
 
         sampler = StreamBatchSampler(len(dataset), config.batch_size, config.seed, rank, world,
                                      start_batch=step * config.grad_accum)
-        loader = iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                                 num_workers=config.num_workers, pin_memory=accelerator.device.type == "cuda"))
+        loader = iter(DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,     # own generator: the
+                                 num_workers=config.num_workers,                  # global RNG restored from a
+                                 generator=torch.Generator().manual_seed(config.seed),    # checkpoint stays
+                                 pin_memory=accelerator.device.type == "cuda"))   # as saved
+
         log_every = config.log_every or max(1, config.max_steps // 10)
         eval_every = config.eval_every or config.checkpoint_every or config.max_steps
         last = stop_after if stop_after is not None else config.max_steps

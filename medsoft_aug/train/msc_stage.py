@@ -5,7 +5,14 @@
 [0, 1], lesion texts. The frozen encoder gives e_t (description), e_v (I_m = x0 * (1 - M_b), Eq. 2) and e_r (x0,
 L2-normalised); only the MSC trains. Because the encoder is frozen and the inputs of a sample do not change
 between epochs, its features are cached per sample (keyed by sample id and a hash of the image, mask and text
-bytes, so an augmented or changed input is recomputed): after the first epoch a step costs only the MSC.
+bytes, so an augmented or changed input is recomputed): a step costs only the MSC.
+
+Exact resume: the cache is filled once, in ``setup``, over the training set in fixed chunks of ``cache_batch``
+samples in dataset order, and never grows during training. A sample's features therefore never depend on which
+other samples shared its batch when they were computed (batched encoder kernels and text padding are not
+bit-stable across batch compositions), so a run resumed at any step sees the same features as one that never
+stopped. Samples not in the cache (validation, or a training set above ``cache_max_items``) are computed with their
+batch, whose composition is a pure function of the step.
 """
 from __future__ import annotations
 
@@ -31,7 +38,7 @@ class MSCTask:
     name = "msc"
 
     def __init__(self, encoder: MedicalEncoder, config: Optional[MSCConfig] = None, seed: int = 0,
-                 cache_features: bool = True, cache_max_items: int = 50_000,
+                 cache_features: bool = True, cache_max_items: int = 50_000, cache_batch: int = 8,
                  msc: Optional[MedicalSemanticController] = None):
         self.encoder = encoder
         self.config = config or (msc.config if msc is not None else MSCConfig.for_embed_dim(encoder.embed_dim))
@@ -41,6 +48,7 @@ class MSCTask:
         self.msc = msc if msc is not None else build_msc(self.config, seed=seed)
         self.cache_features = cache_features
         self.cache_max_items = int(cache_max_items)
+        self.cache_batch = int(cache_batch)
         self._cache: dict[str, _Feat] = {}
         self.cache_hits = 0
         self.cache_misses = 0
@@ -50,8 +58,30 @@ class MSCTask:
         return [self.msc]
 
     def setup(self, device: torch.device, dtype: torch.dtype, dataset: object = None) -> None:
-        """Put the MSC on the training device (it trains in float32; mixed precision is accelerate's autocast)."""
+        """Put the MSC on the training device (it trains in float32; mixed precision is accelerate's autocast)
+        and fill the feature cache over ``dataset`` (see the module docstring)."""
         self.msc.to(device)
+        if dataset is not None:
+            self.fill_cache(dataset)
+
+    @torch.no_grad()
+    def fill_cache(self, dataset) -> None:
+        """Encoder features of every sample of ``dataset`` (items as ``SliceDataset`` gives them), computed in
+        fixed chunks of ``cache_batch`` in dataset order; skipped above ``cache_max_items`` samples."""
+        from .data import collate
+
+        self._cache.clear()
+        if not self.cache_features or len(dataset) > self.cache_max_items:
+            if self.cache_features:
+                log.info("msc: %d training samples exceed the feature cache (%d): features computed every step",
+                         len(dataset), self.cache_max_items)
+            return
+        for i in range(0, len(dataset), self.cache_batch):
+            batch = collate([dataset[j] for j in range(i, min(i + self.cache_batch, len(dataset)))])
+            keys = self._keys(batch)
+            for key, feat in zip(keys, self._encode(batch, range(len(keys)))):
+                self._cache[key] = feat
+        log.debug("msc: cached encoder features of %d samples", len(self._cache))
 
     def bind(self, modules: list[torch.nn.Module]) -> None:
         """Use the modules accelerate prepared (e.g. DDP-wrapped) for the forward passes."""
@@ -79,28 +109,30 @@ class MSCTask:
     def features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encoder features of a batch, padded: e_t (B, Lt, D), mask (B, Lt), e_v (B, Lv, D), e_r (B, D),
         on the MSC's device."""
-        images, masks, texts = batch["image"], batch["soft_mask"], list(batch["text"])
-        ids = [str(s) for s in batch.get("sample_id", range(len(texts)))]
-        keys = [self._key(sid, images[i], masks[i], texts[i]) for i, sid in enumerate(ids)] \
-            if self.cache_features else [None] * len(texts)
+        n_items = len(batch["text"])
+        keys = self._keys(batch) if self._cache else [None] * n_items
         todo = [i for i, k in enumerate(keys) if k is None or k not in self._cache]
-        fresh: dict[int, _Feat] = {}
-        if todo:
-            self.cache_misses += len(todo)
-            sel = torch.tensor(todo)
-            x0, mb = images[sel], masks[sel]
-            e_t, mask = self.encoder.text_tokens([texts[i] for i in todo])        # (n, Lt, D), (n, Lt)
-            e_v = self.encoder.image_tokens(masked_image(x0, mb))                   # (n, Lv, D)
-            e_r = self.encoder.image_embed(x0)                                      # (n, D)
-            for j, i in enumerate(todo):
-                n = int(mask[j].sum())
-                feat = (e_t[j, :n].cpu(), e_v[j].cpu(), e_r[j].cpu())
-                fresh[i] = feat
-                if keys[i] is not None and len(self._cache) < self.cache_max_items:
-                    self._cache[keys[i]] = feat
-        self.cache_hits += len(texts) - len(todo)
-        feats = [fresh[i] if i in fresh else self._cache[keys[i]] for i in range(len(texts))]
+        fresh = dict(zip(todo, self._encode(batch, todo))) if todo else {}
+        self.cache_misses += len(todo)
+        self.cache_hits += n_items - len(todo)
+        feats = [fresh[i] if i in fresh else self._cache[keys[i]] for i in range(n_items)]
         return _pad(feats, self._device())
+
+    def _keys(self, batch: dict) -> list[str]:
+        texts = list(batch["text"])
+        ids = [str(s) for s in batch.get("sample_id", range(len(texts)))]
+        return [self._key(sid, batch["image"][i], batch["soft_mask"][i], texts[i]) for i, sid in enumerate(ids)]
+
+    @torch.no_grad()
+    def _encode(self, batch: dict, rows) -> list[_Feat]:
+        """Frozen-encoder features (e_t trimmed to its tokens, e_v, e_r; on CPU) of the batch rows ``rows``."""
+        rows = list(rows)
+        sel = torch.tensor(rows, dtype=torch.long)
+        x0, mb = batch["image"][sel], batch["soft_mask"][sel]
+        e_t, mask = self.encoder.text_tokens([batch["text"][i] for i in rows])   # (n, Lt, D), (n, Lt)
+        e_v = self.encoder.image_tokens(masked_image(x0, mb))                      # (n, Lv, D)
+        e_r = self.encoder.image_embed(x0)                                         # (n, D)
+        return [(e_t[j, :int(mask[j].sum())].cpu(), e_v[j].cpu(), e_r[j].cpu()) for j in range(len(rows))]
 
     def _device(self) -> torch.device:
         return next(self.msc.parameters()).device

@@ -10,16 +10,17 @@ Works unchanged under ``accelerate launch`` (DDP): every process trains, only th
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from ..errors import InputError, UsageError
-from ..fsutil import atomic_write_json, sha256_file
+from ..fsutil import atomic_write_json
 from ..progress import ProgressFn
 from .loop import LoopConfig, list_checkpoints, make_accelerator, run_task
 
@@ -42,8 +43,79 @@ class TrainResult:
         return {**asdict(self), "model_dir": str(self.model_dir)}
 
 
-def _args_record(**kw) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in kw.items()}
+@dataclass
+class TrainOptions:
+    """Everything ``train`` can be told (recorded in medsoft_model.json), validated in one place: ``check_inputs``.
+
+    ``max_steps`` optimizer steps per stage (``msc_steps`` overrides it for the MSC stage); ``batch_size`` per
+    process and micro-batch. ``resume``: None, "latest" or a checkpoint folder. ``device``: "cpu" forces the CPU,
+    otherwise accelerate picks (CUDA when present). ``force`` retrains over an existing MODEL_DIR.
+    """
+
+    stage: str = "all"                  # all | msc | smis
+    max_steps: int = 1000
+    msc_steps: Optional[int] = None
+    base_model: str = "tiny"
+    encoder: str = "tiny"
+    gamma: float = 1.0
+    train_unet: str = "none"            # none | full
+    no_msc: bool = False
+    mask_mode: str = "soft"             # soft | hard
+    resolution: Optional[int] = None
+    batch_size: int = 4
+    grad_accum: int = 1
+    mixed_precision: str = "no"         # no | fp16 | bf16
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 500
+    checkpoints_keep: int = 2
+    resume: Optional[str] = None
+    seed: int = 0
+    device: Optional[str] = None
+    force: bool = False
+    normal_class: Optional[str] = None
+    num_workers: int = 0
+
+    def loop_config(self) -> LoopConfig:
+        return LoopConfig(max_steps=self.max_steps, batch_size=self.batch_size, grad_accum=self.grad_accum,
+                          mixed_precision=self.mixed_precision, gradient_checkpointing=self.gradient_checkpointing,
+                          checkpoint_every=self.checkpoint_every, checkpoints_keep=self.checkpoints_keep,
+                          seed=self.seed, num_workers=self.num_workers)
+
+    def check_inputs(self, work: Path, out: Path) -> None:
+        """Every option, WORK's tables and the MODEL_DIR path, before anything is created or loaded.
+
+        Raises UsageError (exit 2) for bad options, InputError (exit 3) for a bad WORK or an ``out`` that is
+        (or lies under) an existing file.
+        """
+        checks = [(self.stage in STAGES, f"--stage must be one of {', '.join(STAGES)}, got {self.stage!r}"),
+                  (self.train_unet in ("none", "full"), f"--train-unet must be none or full, got {self.train_unet!r}"),
+                  (self.mask_mode in ("soft", "hard"), f"--mask-mode must be soft or hard, got {self.mask_mode!r}"),
+                  (self.gamma >= 0, f"--gamma must be >= 0, got {self.gamma}"),
+                  (self.msc_steps is None or self.msc_steps >= 1, "--msc-steps must be >= 1"),
+                  (self.resolution is None or self.resolution >= 1, "--resolution must be >= 1"),
+                  (self.resume is None or not self.force, "--resume and --force contradict each other"),
+                  (not (self.no_msc and self.stage == "msc"), "--no-msc has no MSC stage to run")]
+        for ok, msg in checks:
+            if not ok:
+                raise UsageError(msg)
+        self.loop_config().validate()
+        from ..workdir import read_index, read_masks
+
+        read_index(work), read_masks(work)
+        for p in (out, *out.parents):
+            if p.exists() and not p.is_dir():
+                raise InputError(f"--out {out}: {p} is an existing file, not a folder: choose another --out")
+            if p.is_dir():
+                break
+
+    def record(self) -> dict[str, Any]:
+        """The arguments recorded in MODEL_DIR (a rerun with equal ones is skipped): local folders absolute."""
+        keys = ("stage", "max_steps", "msc_steps", "base_model", "encoder", "gamma", "train_unet", "no_msc",
+                "mask_mode", "resolution", "batch_size", "grad_accum", "mixed_precision",
+                "gradient_checkpointing", "seed", "normal_class")
+        rec = {k: getattr(self, k) for k in keys}
+        rec.update(base_model=_ref(self.base_model), encoder=None if self.no_msc else _ref(self.encoder))
+        return rec
 
 
 def _ref(ref: str) -> str:
@@ -52,105 +124,89 @@ def _ref(ref: str) -> str:
     return str(p.resolve()) if p.is_dir() else ref
 
 
-def train(work: str | Path, out: str | Path, *, stage: str = "all", max_steps: int = 1000,
-          msc_steps: Optional[int] = None, base_model: str = "tiny", encoder: str = "tiny", gamma: float = 1.0,
-          train_unet: str = "none", no_msc: bool = False, mask_mode: str = "soft", resolution: Optional[int] = None,
-          batch_size: int = 4, grad_accum: int = 1, mixed_precision: str = "no", gradient_checkpointing: bool = False,
-          checkpoint_every: int = 500, checkpoints_keep: int = 2, resume: Optional[str] = None, seed: int = 0,
-          device: Optional[str] = None, force: bool = False, normal_class: Optional[str] = None,
-          num_workers: int = 0, on_progress: ProgressFn = None) -> TrainResult:
+def adapter_seed(seed: int) -> int:
+    """Seed of the adapter's W'_k initialisation, derived from the run seed (same in every process and resume)."""
+    h = hashlib.sha256(f"medsoft-aug:adapter-init:{int(seed)}".encode()).digest()
+    return int.from_bytes(h[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def train(work: str | Path, out: str | Path, options: Optional[TrainOptions] = None, *,
+          on_progress: ProgressFn = None, **overrides: Any) -> TrainResult:
     """Train a MedSoft-Diffusion model on the ingested, masked WORK folder; write MODEL_DIR ``out``.
 
-    ``max_steps`` optimizer steps per stage (``msc_steps`` overrides it for the MSC stage); ``batch_size`` per
-    process and micro-batch. ``resume``: None, "latest" or a checkpoint folder. ``device``: "cpu" forces the CPU,
-    otherwise accelerate picks (CUDA when present). ``force`` retrains over an existing MODEL_DIR.
-    Raises UsageError (exit 2) for bad options, InputError/ModelError (exit 3) for bad WORK or models.
+    ``options`` (a :class:`TrainOptions`) and/or its fields as keyword arguments (``train(w, m, max_steps=2)``).
+    Raises UsageError (exit 2) for bad options, InputError/ModelError (exit 3) for bad WORK, models or ``out``;
+    all checked before any model loads or any file is created.
     """
+    # 1. options, checked before any work
+    opts = replace(options or TrainOptions(), **overrides)
     work, out = Path(work), Path(out)
-    _validate(stage, train_unet, mask_mode, no_msc, gamma, resume, force)
-    from ..workdir import read_index, read_masks
-
-    read_index(work), read_masks(work)                      # InputError before anything is created
-    args = _args_record(stage=stage, max_steps=max_steps, msc_steps=msc_steps, base_model=_ref(base_model),
-                        encoder=None if no_msc else _ref(encoder), gamma=gamma, train_unet=train_unet,
-                        no_msc=no_msc, mask_mode=mask_mode, resolution=resolution, batch_size=batch_size,
-                        grad_accum=grad_accum, mixed_precision=mixed_precision,
-                        gradient_checkpointing=gradient_checkpointing, seed=seed, normal_class=normal_class)
-    done = _existing(out, args, resume, force, stage)
+    opts.check_inputs(work, out)
+    # 2. an existing MODEL_DIR: skip (same options, complete), refuse, or clear (--force)
+    args = opts.record()
+    done = _existing(out, args, opts)
     if done is not None:
         return done
+    # 3. train; a failure before anything resumable exists leaves no half-made MODEL_DIR
     created = not out.exists()
     try:
-        return _train(work, out, args, stage=stage, max_steps=max_steps, msc_steps=msc_steps,
-                      base_model=base_model, encoder=encoder, gamma=gamma, train_unet=train_unet, no_msc=no_msc,
-                      mask_mode=mask_mode, resolution=resolution, batch_size=batch_size, grad_accum=grad_accum,
-                      mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
-                      checkpoint_every=checkpoint_every, checkpoints_keep=checkpoints_keep, resume=resume,
-                      seed=seed, device=device, normal_class=normal_class, num_workers=num_workers,
-                      on_progress=on_progress)
+        return _train(work, out, opts, args, on_progress)
     except BaseException:
-        # Nothing resumable was made: leave no half-made MODEL_DIR behind.
         if created and out.is_dir() and not any(out.rglob("trainer_state.json")) \
                 and not (out / "checkpoints" / MSC_DONE).is_file():
             shutil.rmtree(out, ignore_errors=True)
         raise
 
 
-def _train(work: Path, out: Path, args: dict, *, stage, max_steps, msc_steps, base_model, encoder, gamma,
-           train_unet, no_msc, mask_mode, resolution, batch_size, grad_accum, mixed_precision,
-           gradient_checkpointing, checkpoint_every, checkpoints_keep, resume, seed, device, normal_class,
-           num_workers, on_progress) -> TrainResult:
-    loop_cfg = LoopConfig(max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
-                          mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
-                          checkpoint_every=checkpoint_every, checkpoints_keep=checkpoints_keep, seed=seed,
-                          num_workers=num_workers)
-    loop_cfg.validate()
-
-    from ..models.base import load_base_model
-
-    acc = make_accelerator(loop_cfg, out / "checkpoints" / "msc", cpu=(device == "cpu"))
-    if mixed_precision == "fp16" and acc.device.type != "cuda":
+def _train(work: Path, out: Path, opts: TrainOptions, args: dict, on_progress: ProgressFn) -> TrainResult:
+    # 1. accelerator, base model (hashed before any weight is touched), resolution
+    loop_cfg = opts.loop_config()
+    acc = make_accelerator(loop_cfg, out / "checkpoints" / "msc", cpu=(opts.device == "cpu"))
+    if opts.mixed_precision == "fp16" and acc.device.type != "cuda":
         raise UsageError(f"--mixed-precision fp16 needs a CUDA GPU (running on {acc.device.type}): "
                          "use bf16 or no")
-    base = load_base_model(base_model, device=acc.device)
-    base_info = {**base.describe(), "ref": args["base_model"]}     # hashed before any weight is touched
-    res = int(resolution or base.resolution)
+    from ..models.base import load_base_model
+
+    base = load_base_model(opts.base_model, device=acc.device)
+    base_info = {**base.describe(), "ref": args["base_model"]}
+    res = int(opts.resolution or base.resolution)
     multiple = base.vae_scale_factor * 2 ** (len(base.unet.config.block_out_channels) - 1)
     if res < multiple or res % multiple:
         raise UsageError(f"--resolution must be a positive multiple of {multiple} for this base model, got {res}")
     from .data import SliceDataset
 
     def data(split: str, diseased_only: bool) -> SliceDataset:
-        return SliceDataset(work, split, res, mask_mode, diseased_only=diseased_only, normal_class=normal_class)
+        return SliceDataset(work, split, res, opts.mask_mode, diseased_only=diseased_only,
+                            normal_class=opts.normal_class)
 
-    result = TrainResult(model_dir=out, stage=stage)
+    # 2. MSC stage (Eq. 4): train it, or load the one a previous --stage msc run left
+    result = TrainResult(model_dir=out, stage=opts.stage)
     enc = msc = None
-    if not no_msc:
+    if not opts.no_msc:
         from ..models.encoders import load_encoder
 
-        enc = load_encoder(encoder, device=acc.device)
-        if stage in ("all", "msc"):
+        enc = load_encoder(opts.encoder, device=acc.device)
+        if opts.stage in ("all", "msc"):
             msc_args = {k: args[k] for k in ("encoder", "mask_mode", "batch_size", "grad_accum", "seed",
                                              "mixed_precision", "normal_class")}
-            msc_args.update(resolution=res, steps=msc_steps or max_steps)
-            msc = _msc_stage(acc, enc, data, out, loop_cfg, msc_args, resume, on_progress, result)
+            msc_args.update(resolution=res, steps=opts.msc_steps or opts.max_steps)
+            msc = _msc_stage(acc, enc, data, out, loop_cfg, msc_args, opts.resume, on_progress, result)
         else:
             msc = _load_msc(out, enc, acc.device)
-        if stage == "msc":
+        if opts.stage == "msc":
             return result
-    elif stage == "msc":
-        raise UsageError("--no-msc has no MSC stage to run")
-
+    # 3. SMIS stage (Eq. 5-6) with the frozen MSC; the adapter's initialisation derives from the run seed
     train_set, val_set = data("train", False), data("val", False)
     if len(train_set) == 0:
         raise InputError(f"{work}: no training-split samples with a usable mask")
-    smis_task, adapter_info = _smis_task(base, enc, msc, gamma, train_unet, no_msc)
+    smis_task, adapter_info = _smis_task(base, enc, msc, opts)
     acc.free_memory()
     acc.project_configuration.set_directories(str(out / "checkpoints" / "smis"))
     acc.project_configuration.iteration = 0
-    r = run_task(smis_task, train_set, accelerator=acc, config=loop_cfg, val_dataset=val_set, resume=resume,
+    r = run_task(smis_task, train_set, accelerator=acc, config=loop_cfg, val_dataset=val_set, resume=opts.resume,
                  on_progress=on_progress)
     result.stages["smis"] = asdict(r)
+    # 4. MODEL_DIR (main process only), medsoft_model.json last
     if acc.is_main_process:
         _write_model(out, smis_task, base, base_info, enc, msc, adapter_info, res, args, loop_cfg, work,
                      result, train_set.normal_class)
@@ -159,41 +215,27 @@ def _train(work: Path, out: Path, args: dict, *, stage, max_steps, msc_steps, ba
     return result
 
 
-def _validate(stage, train_unet, mask_mode, no_msc, gamma, resume, force) -> None:
-    if stage not in STAGES:
-        raise UsageError(f"--stage must be one of {', '.join(STAGES)}, got {stage!r}")
-    if train_unet not in ("none", "full"):
-        raise UsageError(f"--train-unet must be none or full, got {train_unet!r}")
-    if mask_mode not in ("soft", "hard"):
-        raise UsageError(f"--mask-mode must be soft or hard, got {mask_mode!r}")
-    if gamma < 0:
-        raise UsageError(f"--gamma must be >= 0, got {gamma}")
-    if resume is not None and force:
-        raise UsageError("--resume and --force contradict each other")
-    if no_msc and stage == "msc":
-        raise UsageError("--no-msc has no MSC stage to run")
-
-
-def _existing(out: Path, args: dict, resume, force: bool, stage: str) -> Optional[TrainResult]:
+def _existing(out: Path, args: dict, opts: TrainOptions) -> Optional[TrainResult]:
     """Decide what to do with an existing MODEL_DIR: skip (same options, complete), refuse, or clear (--force)."""
     import json
 
     from ..models.modeldir import META_FILE
 
     meta_path = out / META_FILE
-    if force and out.is_dir():
+    if opts.force and out.is_dir():
         for name in (META_FILE, "msc.safetensors", "adapter.safetensors", "unet.safetensors"):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
         return None
-    if meta_path.is_file() and stage != "msc":
+    if meta_path.is_file() and opts.stage != "msc":
         old = dict(json.loads(meta_path.read_text()).get("training", {}).get("arguments", {}))
         if {**old, "stage": None} == {**args, "stage": None}:
             log.info("%s already holds a model trained with these options; nothing to do (--force retrains)", out)
-            return TrainResult(model_dir=out, stage=stage, complete=True, skipped=True)
+            return TrainResult(model_dir=out, stage=opts.stage, complete=True, skipped=True)
         raise UsageError(f"{out} already holds a model trained with other options: use --force to retrain it "
                          "or choose another --out")
-    if resume is None and stage != "msc" and not meta_path.is_file() and list_checkpoints(out / "checkpoints" / "smis"):
+    if opts.resume is None and opts.stage != "msc" and not meta_path.is_file() \
+            and list_checkpoints(out / "checkpoints" / "smis"):
         raise UsageError(f"{out} has checkpoints of an unfinished run: pass --resume latest to continue it "
                          "or --force to start over")
     return None
@@ -257,32 +299,29 @@ def _load_msc(out: Path, enc, device):
     return msc.to(device).eval().requires_grad_(False)
 
 
-def _smis_task(base, enc, msc, gamma: float, train_unet: str, no_msc: bool):
+def _smis_task(base, enc, msc, opts: TrainOptions):
     from ..models.adapter import install_adapter
     from ..models.msc import msc_inputs
     from .smis_stage import SMISTask
 
     info = None
     msc_embed = None
-    if not no_msc:
-        n = install_adapter(base.unet, enc.embed_dim, gamma)
-        info = {"gamma": gamma, "msc_dim": enc.embed_dim, "n_layers": n}
+    if not opts.no_msc:
+        n = install_adapter(base.unet, enc.embed_dim, opts.gamma, seed=adapter_seed(opts.seed))
+        info = {"gamma": opts.gamma, "msc_dim": enc.embed_dim, "n_layers": n}
 
         def msc_embed(images: torch.Tensor, masks: torch.Tensor, texts: list[str]) -> torch.Tensor:
             return msc(*msc_inputs(enc, images, masks, texts))
 
-    mode = "full" if train_unet == "full" else ("text_kv" if no_msc else "adapter")
+    mode = "full" if opts.train_unet == "full" else ("text_kv" if opts.no_msc else "adapter")
     return SMISTask(base.unet, base.vae, base.train_scheduler, base.encode_prompt, msc_embed, train=mode), info
 
 
 def _write_model(out: Path, task, base, base_info: dict, enc, msc, adapter_info, res: int, args: dict,
                  cfg: LoopConfig, work: Path, result: TrainResult, normal_class: str) -> None:
-    from ..models.modeldir import save_model_dir
+    from ..models.modeldir import save_model_dir, work_record
 
-    work_info = {"path": str(work.resolve())}
-    for name in ("index.csv", "masks.csv"):
-        if (work / name).is_file():
-            work_info[f"{name.split('.')[0]}_sha256"] = sha256_file(work / name)
+    work_info = work_record(work)
     files = save_model_dir(
         out, trained_unet_state=task.export_state(), base_info=base_info,
         encoder_info={**enc.describe(), "ref": args["encoder"]} if enc is not None else None, msc=msc,
