@@ -10,7 +10,7 @@ import torch
 from medsoft_aug.errors import ModelError
 from medsoft_aug.models.base import (TINY_BASE_DIR, build_tiny_base, load_base_model, save_base_model,
                                      sd15_unet_config)
-from medsoft_aug.models.tokenizer_bpe import learn_merges
+from medsoft_aug.models.tokenizer import learn_merges
 
 from _models_helpers import single_thread  # noqa: F401 - autouse fixture
 
@@ -91,30 +91,39 @@ def test_sd15_unet_config_has_sd15_shape():
     assert sum(name.endswith("attn2.processor") for name in unet.attn_processors) == 16
 
 
-def test_bpe_merges_by_hand_and_byte_fallback():
-    # words: "ab" x3 -> (a, b</w>); "abc" -> (a, b, c</w>): pair counts (a, b</w>) 3, (a, b) 1, (b, c</w>) 1;
-    # after the first merge no pair occurs twice, so learning stops.
+def test_bpe_merges_by_hand_and_byte_fallback(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from medsoft_aug.models.tokenizer import save_clip_tokenizer
+
+    # tokenizers' BpeTrainer on hand-countable words: "ab" x3 -> (a, b</w>); "abc" -> (a, b, c</w>): pair counts
+    # (a, b</w>) 3, (a, b) 1, (b, c</w>) 1; after the first merge no pair occurs twice, so learning stops.
     assert learn_merges(["ab ab ab abc"], 10) == [("a", "b</w>")]
     tok = build_tiny_base().tokenizer
     ids = tok("vertebral hémangiome ✓").input_ids
     assert tok.unk_token_id not in ids[1:-1]
     assert tok.decode(ids, skip_special_tokens=True) == "vertebral hémangiome ✓"
+    # the saved files (SD1.5 layout) load with CLIPTokenizer and tokenize alike
+    back = CLIPTokenizer.from_pretrained(save_clip_tokenizer(tok, tmp_path / "tok"))
+    assert {"vocab.json", "merges.txt", "tokenizer.json"} <= {p.name for p in (tmp_path / "tok").iterdir()}
+    assert back("a benign lesion, 13 mm").input_ids == tok("a benign lesion, 13 mm").input_ids
 
 
-@pytest.mark.skipif(not (TINY_BASE_DIR / "unet").is_dir(), reason="tiny_base not built yet (tiny_fit)")
+@pytest.mark.skipif(not (TINY_BASE_DIR / "unet").is_dir(), reason="tiny_base not built yet (tools/build_tiny_base.py)")
 def test_shipped_tiny_preset_reconstructs_sample_slices(sample_data_dir):
     """The fitted tiny VAE reconstructs middle sagittal slices of sample_data/ (never trained on) well."""
     import nibabel as nib
     import numpy as np
     import torch.nn.functional as F
 
-    from medsoft_aug.models.tiny_fit import decode_gray, encode_latents
-    from medsoft_aug.models.tiny_report import psnr
+    from medsoft_aug.evaluate.metrics import psnr
+    from medsoft_aug.generate.engine import InpaintEngine
 
     size = sum(p.stat().st_size for p in TINY_BASE_DIR.rglob("*") if p.is_file())
     assert size < 10 * 2 ** 20 and (TINY_BASE_DIR / "README.md").is_file()
     model = load_base_model("tiny")
     assert model.ref == "tiny" and model.resolution == 64
+    engine = InpaintEngine(model.unet, model.vae, model.inference_scheduler(), model.resolution)
     studies = sorted(sample_data_dir.glob("images/*.nii.gz"))[:3]
     if not studies:
         pytest.skip("sample_data/ not present")
@@ -124,5 +133,5 @@ def test_shipped_tiny_preset_reconstructs_sample_slices(sample_data_dir):
         lo, hi = np.percentile(sl, [0.5, 99.5])
         x = torch.from_numpy(np.clip((sl - lo) / (hi - lo), 0, 1).astype(np.float32).copy())[None, None]
         x = F.interpolate(x, size=(64, 64), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
-        rec = decode_gray(model.vae, encode_latents(model.vae, x)[0])
-        assert psnr(rec, x) > 24.0, path.name
+        rec = engine.decode(engine.encode(x))
+        assert psnr(x.numpy(), rec.numpy()) > 24.0, path.name

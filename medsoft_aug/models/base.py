@@ -2,7 +2,7 @@
 
 ``load_base_model(ref)`` accepts
   * ``"tiny"``: the fitted tiny model shipped in ``medsoft_aug/models/tiny_base/`` (diffusers layout, 64 px,
-    VAE factor 4; see its README for how ``tiny_fit`` made it). While that folder is absent, ``tiny`` falls back
+    VAE factor 4; see its README for how ``tools/build_tiny_base.py`` made it). While that folder is absent, ``tiny`` falls back
     to ``tiny-random`` with a warning;
   * ``"tiny-random"``: the same architecture from ``configs/tiny_base.json``, random init from its seed (tests);
   * a local folder in diffusers layout: ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``,
@@ -140,11 +140,12 @@ def tiny_base_config() -> dict[str, Any]:
 
 def build_tiny_base(seed: Optional[int] = None, corpus: Optional[list[str]] = None) -> BaseModel:
     """A randomly initialised tiny base model (weights depend only on ``seed``; the tokenizer's BPE merges are
-    learned from ``corpus``, default the config's corpus). ``tiny_fit`` fits it; tests use it as is."""
+    learned by ``tokenizers`` from ``corpus``, default the config's corpus). ``tools/build_tiny_base.py`` fits
+    it; tests use it as is."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .tokenizer_bpe import build_clip_tokenizer
+    from .tokenizer import build_clip_tokenizer
 
     cfg = tiny_base_config()
     seed = int(cfg["seed"] if seed is None else seed)
@@ -172,7 +173,7 @@ def save_base_model(model: BaseModel, out: str | Path, fp16: bool = False) -> Pa
             if fp16:
                 stem = _WEIGHT_PARTS[name]
                 _to_fp16_file(out / name / f"{stem}.safetensors")
-    from .tokenizer_bpe import save_clip_tokenizer
+    from .tokenizer import save_clip_tokenizer
 
     save_clip_tokenizer(model.tokenizer, out / "tokenizer")
     model.train_scheduler.save_pretrained(out / "scheduler")

@@ -289,6 +289,8 @@ def run_task(task, dataset, *, accelerator, config: LoopConfig, val_dataset=None
                 loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
                 seen += batch["image"].shape[0] * world
             step += 1
+            if hasattr(task, "after_step"):                        # e.g. an EMA update of the trained weights
+                task.after_step(step)
             if not math.isfinite(loss_sum):
                 raise UsageError(f"stage {task.name}: the loss became non-finite at step {step}; "
                                  "lower the learning rate or use bf16 instead of fp16")
