@@ -7,12 +7,14 @@ DIR/
   work/             WORK (index.csv, slices, masks)
   model/            MODEL_DIR
   balanced/         OUT of balance (manifest.csv, balance.json, synthetic/, real/)
-  contact_sheet.png donor | mask | synthetic, a few rows per class
-  demo.json         summary: counts, timings, and per class the mean intensity inside the mask of the donors,
-                    of the synthetic images and of the class's real training lesions
+  contact_sheet.png per class a real lesion, then the first synthetic samples: donor (mask outlined) | synthetic,
+                    whole slice and zoomed to the vertebra; donor id and the per-sample check per row
+  demo.json         summary: counts, timings, per class the mean intensity inside the mask of the donors, of
+                    the synthetic images and of the class's real training lesions, "k of n moved toward their
+                    class", and every sample's evidence (``generate.evidence``)
 
-The last block is the check that the synthetic lesions are of their class: the mean inside the mask should move
-from the donor's toward the class's real lesions (benign hemangioma-like: brighter; malignant: darker).
+The check that the synthetic lesions are of their class: the mean inside the mask should move from the donor's
+toward the class's real lesions (benign hemangioma-like: brighter; malignant: darker), sample by sample.
 """
 from __future__ import annotations
 
@@ -54,58 +56,98 @@ def find_sample_data(out: Path, on_progress: ProgressFn = None) -> Path:
     return dst
 
 
-def masked_mean(image: np.ndarray, mask: np.ndarray) -> float:
-    """Mean of ``image`` weighted by the soft mask (both (H, W))."""
-    w = mask.astype(np.float64)
-    return float((image.astype(np.float64) * w).sum() / max(w.sum(), 1e-12))
-
-
-def intensity_report(work: Path, balanced: Path, normal_class: str) -> dict[str, dict[str, Any]]:
-    """Per disease class: mask-weighted mean intensity of donors, synthetic images and real train lesions."""
-    from PIL import Image
-
+def _synthetic_rows(work: Path, balanced: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     man = pd.read_csv(balanced / "manifest.csv", dtype=str, keep_default_na=False)
     index = pd.read_csv(work / "index.csv", dtype=str, keep_default_na=False).set_index("sample_id")
     masks = pd.read_csv(work / "masks.csv", dtype=str, keep_default_na=False).set_index("sample_id")
+    return man[man["origin"] == "synthetic"], index, masks
+
+
+def _real_lesions(work: Path, index: pd.DataFrame, masks: pd.DataFrame, label: str) -> list[str]:
+    """Training-split rows of ``label`` with an ok mask, in sample_id order."""
+    real = index[(index["label"] == label) & (index["split"] == "train")]
+    return [sid for sid in sorted(real.index) if sid in masks.index and masks.loc[sid, "status"] == "ok"]
+
+
+def evidence_report(work: Path, balanced: Path) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Per disease class: the class means inside the mask (donors, synthetic images, real training lesions) and
+    the per-sample check of ``generate.evidence`` ("k of n moved toward their class"); and the per-sample rows."""
+    from PIL import Image
+
+    from .generate.evidence import masked_mean, sample_evidence, summarize
+
+    syn, index, masks = _synthetic_rows(work, balanced)
     out: dict[str, dict[str, Any]] = {}
-    syn = man[man["origin"] == "synthetic"]
+    samples: list[dict[str, Any]] = []
     for label, grp in syn.groupby("label"):
-        donor_m, syn_m = [], []
+        real_m = [masked_mean(load_npy(work / index.loc[sid, "image"]), load_npy(work / masks.loc[sid, "mask"]))
+                  for sid in _real_lesions(work, index, masks, str(label))]
+        ref = float(np.mean(real_m)) if real_m else None
+        rows = []
         for _, r in grp.iterrows():
             mask = load_npy(balanced / r["mask"])
             img = np.asarray(Image.open(balanced / r["image"])).astype(np.float64) / 65535.0
             donor = load_npy(work / index.loc[r["donor_id"], "image"])
-            donor_m.append(masked_mean(donor, mask))
-            syn_m.append(masked_mean(img, mask))
-        real = index[(index["label"] == label) & (index["split"] == "train")]
-        real_m = [masked_mean(load_npy(work / row["image"]), load_npy(work / masks.loc[sid, "mask"]))
-                  for sid, row in real.iterrows() if sid in masks.index and masks.loc[sid, "status"] == "ok"]
-        d, s = float(np.mean(donor_m)), float(np.mean(syn_m))
-        rl = float(np.mean(real_m)) if real_m else float("nan")
-        out[str(label)] = {"n": len(grp), "donor_mean": d, "synthetic_mean": s, "real_lesion_mean": rl,
-                           "shift": s - d, "expected_sign": float(np.sign(rl - d)) if real_m else 0.0,
-                           "moves_toward_real": bool(real_m) and abs(s - rl) < abs(d - rl)}
-    return out
+            score = r.get("class_score", "")
+            ev = sample_evidence(donor, img, mask, reference_mean=ref, class_score=float(score) if score else None)
+            rows.append({"label": str(label), "sample_id": r["sample_id"], "donor_id": r["donor_id"], **ev})
+        d, s = float(np.mean([e["donor_mean"] for e in rows])), float(np.mean([e["synthetic_mean"] for e in rows]))
+        out[str(label)] = {**summarize(rows)[str(label)], "donor_mean": d, "synthetic_mean": s,
+                           "real_lesion_mean": ref if ref is not None else float("nan"), "shift": s - d,
+                           "expected_sign": float(np.sign(ref - d)) if ref is not None else 0.0,
+                           "moves_toward_real": ref is not None and abs(s - ref) < abs(d - ref)}
+        samples.extend(rows)
+    return out, samples
 
 
-def _contact_sheet(work: Path, balanced: Path, path: Path, per_class: int = 3) -> Path:
+def _zoom(img: np.ndarray, mask: np.ndarray, margin: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+    """A square crop around the mask (M_b > 0.05) with ``margin`` of its size on each side."""
+    ys, xs = np.nonzero(mask > 0.05)
+    if not len(ys):
+        return img, mask
+    cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
+    half = max(ys.max() - ys.min(), xs.max() - xs.min(), 4) * (0.5 + margin)
+    y0, x0 = int(max(0, round(cy - half))), int(max(0, round(cx - half)))
+    y1, x1 = int(min(img.shape[0], round(cy + half) + 1)), int(min(img.shape[1], round(cx + half) + 1))
+    return img[y0:y1, x0:x1], mask[y0:y1, x0:x1]
+
+
+def _contact_sheet(work: Path, balanced: Path, path: Path, samples: list[dict[str, Any]],
+                   per_class: int = 6) -> Path:
+    """Per disease class: one real training lesion, then the first ``per_class`` synthetic samples; columns:
+    the slice with the mask outlined, the synthetic image, and both zoomed to the vertebra."""
     from PIL import Image
 
     from .viz import contact_sheet
 
-    man = pd.read_csv(balanced / "manifest.csv", dtype=str, keep_default_na=False)
-    index = pd.read_csv(work / "index.csv", dtype=str, keep_default_na=False).set_index("sample_id")
+    syn, index, masks = _synthetic_rows(work, balanced)
+    by_id = {e["sample_id"]: e for e in samples}
     rows, overlays, labels = [], [], []
-    for label, grp in man[man["origin"] == "synthetic"].groupby("label"):
-        for _, r in grp.head(per_class).iterrows():
+    for label, grp in syn.groupby("label"):
+        real = _real_lesions(work, index, masks, str(label))
+        if real:
+            img, mask = load_npy(work / index.loc[real[0], "image"]), load_npy(work / masks.loc[real[0], "mask"])
+            zi, zm = _zoom(img, mask)
+            rows.append([img, None, zi, None])
+            overlays.append([mask, None, zm, None])
+            labels.append(f"REAL {label}\n{real[0]}\n(for comparison)")
+        for k, (_, r) in enumerate(grp.head(per_class).iterrows()):
             mask = load_npy(balanced / r["mask"])
             donor = load_npy(work / index.loc[r["donor_id"], "image"])
             synth = np.asarray(Image.open(balanced / r["image"])).astype(np.float32) / 65535.0
-            rows.append([donor, donor, synth])
-            overlays.append([None, mask, None])
-            labels.append(f"{label}: {r['sample_id']}")
-    return contact_sheet(rows, path, overlays=overlays, row_labels=labels,
-                         col_labels=["donor", "soft mask", "synthetic"])
+            (zd, zm), (zs, _) = _zoom(donor, mask), _zoom(synth, mask)
+            rows.append([donor, synth, zd, zs])
+            overlays.append([mask, None, zm, None])
+            ev = by_id.get(r["sample_id"], {})
+            check = {True: "moved toward class", False: "NOT toward class"}.get(ev.get("toward_class"), "")
+            labels.append(f"{r['sample_id']} ({k + 1} of {len(grp)})\ndonor {r['donor_id']}\n"
+                          f"mask mean {ev.get('mean_change', float('nan')):+.3f}\n{check}")
+    legend = ("red outline: soft mask M_b >= 0.5 (red tint: M_b), the region that is inpainted; outside it the "
+              "synthetic image is the donor's.\n"
+              f"Rows: per class one real training lesion, then the first {per_class} synthetic samples "
+              f"(n of N per class); all samples with their checks: demo.json")
+    return contact_sheet(rows, path, overlays=overlays, row_labels=labels, cell_size=(128, 128), legend=legend,
+                         col_labels=["donor / real (mask)", "synthetic", "donor, zoom", "synthetic, zoom"])
 
 
 def demo(out: str | Path = "demo_out", *, train_steps: int = 300, steps: int = 50, guidance: float = DEMO_GUIDANCE,
@@ -162,13 +204,13 @@ def _demo(out: Path, train_steps: int, steps: int, guidance: float, seed: int, d
     t = time.time()
     if not (balanced / "manifest.csv").is_file():
         raise InputError(f"balance wrote no manifest in {balanced}")
-    sheet = _contact_sheet(work, balanced, out / "contact_sheet.png")
-    intensity = intensity_report(work, balanced, res["normal_class"])
+    intensity, samples = evidence_report(work, balanced)
+    sheet = _contact_sheet(work, balanced, out / "contact_sheet.png", samples)
     lap("report", t)
     summary = {"out": str(out), "sample_data": str(data), "work": str(work), "model": str(model),
                "manifest": str(balanced / "manifest.csv"), "contact_sheet": str(sheet),
                "counts_before": res["counts_before"], "counts_after": res["counts_after"],
                "generated": res["generated"], "blend": blend, "guidance": guidance, "intensity_inside_mask": intensity,
-               "timings_s": times, "total_s": round(time.time() - t0, 2)}
+               "samples": samples, "timings_s": times, "total_s": round(time.time() - t0, 2)}
     atomic_write_json(out / "demo.json", summary)
     return summary

@@ -90,12 +90,14 @@ def render_contact_sheet(rows: Sequence[Sequence[Cell]], *, row_labels: Optional
                          overlays: Optional[Sequence[Sequence[Optional[np.ndarray]]]] = None,
                          outline: bool = True, cell_size: tuple[int, int] = (160, 160),
                          overlay_color: tuple[int, int, int] = (255, 64, 32), overlay_alpha: float = 0.35,
-                         normalize: bool = False, pad: int = 4) -> np.ndarray:
+                         normalize: bool = False, pad: int = 4, legend: Optional[str] = None) -> np.ndarray:
     """Lay out a grid of cells; returns the sheet as uint8 (H, W, 3).
 
-    rows[i][j]: cell image or None. row_labels: one per row (left margin); col_labels: one per column (top);
-    cell_labels[i][j]: caption under a cell ("\n" for several lines); overlays[i][j]: soft mask for that cell
-    or None. cell_size: (height, width) in output pixels of each cell box. Rows may have different lengths.
+    rows[i][j]: cell image or None. row_labels: one per row (left margin, "\n" for several lines; the margin is
+    as wide as the longest line); col_labels: one per column (top); cell_labels[i][j]: caption under a cell
+    ("\n" for several lines); overlays[i][j]: soft mask for that cell or None. legend: text above the grid
+    (e.g. what the outline means). cell_size: (height, width) in output pixels of each cell box. Rows may have
+    different lengths.
     """
     if not rows:
         raise ValueError("contact sheet needs at least one row")
@@ -104,19 +106,25 @@ def render_contact_sheet(rows: Sequence[Sequence[Cell]], *, row_labels: Optional
     line_h = 12
     n_lines = max((str(t).count("\n") + 1 for r in (cell_labels or []) for t in r if t), default=0)
     cap_h = line_h * n_lines + 2 if n_lines else 0
-    left = (8 + 7 * max((len(s) for s in row_labels), default=0)) if row_labels else 0
-    top = line_h + 6 if col_labels else 0
+    left = 8 + max((_text_width(font, ln) for s in row_labels for ln in str(s).split("\n")), default=0) \
+        if row_labels else 0
+    head = (line_h * (str(legend).count("\n") + 1) + 6) if legend else 0
+    top = head + (line_h + 6 if col_labels else 0)
     ch, cw = cell_size
     width = left + n_cols * (cw + pad) + pad
     height = top + len(rows) * (ch + cap_h + pad) + pad
     sheet = Image.new("RGB", (width, height), (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
+    if legend:
+        draw.multiline_text((4, 3), str(legend), fill=(255, 220, 120), font=font, spacing=2)
     for j, text in enumerate(col_labels or []):
-        draw.text((left + pad + j * (cw + pad), 3), str(text), fill=(230, 230, 230), font=font)
+        draw.text((left + pad + j * (cw + pad), head + 3), str(text), fill=(230, 230, 230), font=font)
     for i, row in enumerate(rows):
         y0 = top + pad + i * (ch + cap_h + pad)
         if row_labels and i < len(row_labels):
-            draw.text((4, y0 + ch // 2 - line_h // 2), str(row_labels[i]), fill=(230, 230, 230), font=font)
+            text = str(row_labels[i])
+            y_text = y0 + ch // 2 - (line_h * (text.count("\n") + 1)) // 2
+            draw.multiline_text((4, y_text), text, fill=(230, 230, 230), font=font, spacing=2)
         for j, img in enumerate(row):
             x0 = left + pad + j * (cw + pad)
             if img is not None:
@@ -132,12 +140,17 @@ def render_contact_sheet(rows: Sequence[Sequence[Cell]], *, row_labels: Optional
     return np.asarray(sheet)
 
 
+def _text_width(font, text: str) -> int:
+    return int(round(font.getlength(text))) if hasattr(font, "getlength") else 6 * len(text)
+
+
 def contact_sheet(rows: Sequence[Sequence[Cell]], path: str | os.PathLike, *,
                   row_labels: Optional[Sequence[str]] = None, col_labels: Optional[Sequence[str]] = None,
                   cell_labels: Optional[Sequence[Sequence[Optional[str]]]] = None,
                   overlays: Optional[Sequence[Sequence[Optional[np.ndarray]]]] = None, outline: bool = True,
                   cell_size: tuple[int, int] = (160, 160), overlay_color: tuple[int, int, int] = (255, 64, 32),
-                  overlay_alpha: float = 0.35, normalize: bool = False, pad: int = 4) -> Path:
+                  overlay_alpha: float = 0.35, normalize: bool = False, pad: int = 4,
+                  legend: Optional[str] = None) -> Path:
     """Render a contact sheet (arguments as in :func:`render_contact_sheet`) and write it atomically as an
     8-bit RGB PNG at ``path`` (parent folders are created). Returns the path.
 
@@ -149,7 +162,7 @@ def contact_sheet(rows: Sequence[Sequence[Cell]], path: str | os.PathLike, *,
     arr = render_contact_sheet(rows, row_labels=row_labels, col_labels=col_labels, cell_labels=cell_labels,
                                overlays=overlays, outline=outline, cell_size=cell_size,
                                overlay_color=overlay_color, overlay_alpha=overlay_alpha, normalize=normalize,
-                               pad=pad)
+                               pad=pad, legend=legend)
     path = Path(path)
     with atomic_path(path) as tmp:
         Image.fromarray(arr).save(tmp, format="PNG")

@@ -44,7 +44,8 @@ def demo_command(
     typer.echo("classes (train split): " + ", ".join(f"{c} {before.get(c, 0)} -> {n}" for c, n in after.items()))
     for c, r in res["intensity_inside_mask"].items():
         typer.echo(f"{c}: mean inside mask donor {r['donor_mean']:.3f} -> synthetic {r['synthetic_mean']:.3f} "
-                   f"(real {c} lesions {r['real_lesion_mean']:.3f})")
+                   f"(real {c} lesions {r['real_lesion_mean']:.3f}); {r['k']} of {r['checked']} moved toward "
+                   f"their class")
     typer.echo(f"manifest: {res['manifest']}\ncontact sheet: {res['contact_sheet']}\n"
                f"done in {res['total_s']:.0f} s")
 
