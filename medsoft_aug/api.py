@@ -21,6 +21,7 @@ _STAGES = {
     "merge_manifests": "medsoft_aug.manifest:merge_manifests",
     "evaluate_quality": "medsoft_aug.evaluate.quality:evaluate_quality",
     "evaluate_classify": "medsoft_aug.evaluate.classify:evaluate_classify",
+    "evaluate_report": "medsoft_aug.evaluate.report:evaluate_report",
     "demo": "medsoft_aug.demo:demo",
     "make_sample_data": "medsoft_aug.sample_data:make_sample_data",
 }

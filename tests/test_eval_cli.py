@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -68,10 +69,17 @@ def test_classify_json_and_report(tmp_path):
     on_disk = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert on_disk == doc["metrics"]
     names = {f.name for f in (tmp_path / "rep").iterdir()}
-    assert {"metrics.json", "summary.md", "f1_by_method.png", "roc.png", "confusion.png",
-            "contact_benign.png"} <= names
+    assert {"metrics.json", "summary.md", "f1_per_class.png", "roc.png", "confusion.png",
+            "contact_medsoft.png"} <= names
     summary = (tmp_path / "rep" / "summary.md").read_text()
-    assert "| baseline |" in summary and "| medsoft |" in summary
+    assert "| baseline |" in summary and "| medsoft |" in summary and "| Method | AUC | Acc |" in summary
+    assert "| benign (disease) | medsoft |" in summary and "| medsoft vs baseline |" in summary
+    assert "no flips" in summary
+    from PIL import Image
+
+    for f in ("f1_per_class.png", "roc.png", "confusion.png", "contact_medsoft.png"):
+        with Image.open(tmp_path / "rep" / f) as im:
+            assert im.width > 200 and im.height > 150 and len(np.unique(np.asarray(im.convert("L")))) > 20, f
     # a rerun is served from OUT (same manifest and options) and still writes the requested report
     import shutil
 
@@ -84,6 +92,21 @@ def test_classify_json_and_report(tmp_path):
                              str(tmp_path / "out"), "--json"])
     assert r2.exit_code == 0, r2.stderr
     assert any(f.endswith("roc.png") for f in json.loads(r2.stdout)["files"])
+
+
+def test_named_manifests_with_different_test_splits_exit_3(tmp_path):
+    a = make_manifest(tmp_path / "a", n_train={"normal": 4, "benign": 2}, n_test={"normal": 2, "benign": 2},
+                      n_synth={"benign": 2})
+    b = make_manifest(tmp_path / "b", n_train={"normal": 4, "benign": 2}, n_test={"normal": 2, "benign": 2},
+                      n_synth={"benign": 2}, seed=1)                  # same ids, other pixels
+    r = runner.invoke(app, ["evaluate", "classify", "--manifest", str(a), "--manifest", f"no-smis={b}", "--out",
+                            str(tmp_path / "out"), "--seeds", "1", "--epochs", "1", "--resolution", "32"])
+    assert r.exit_code == 3, r.output
+    assert r.stderr.startswith("Error: manifest no-smis") and "different pixels" in r.stderr
+    assert r.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+    r = runner.invoke(app, ["evaluate", "classify", "--manifest", str(a), "--manifest", str(b), "--out",
+                            str(tmp_path / "out")])
+    assert r.exit_code == 2 and "NAME" in r.stderr
 
 
 def test_report_without_inputs_is_usage_error(tmp_path):

@@ -119,7 +119,7 @@ def test_classification_metrics_match_hand_computation(k):
     assert m["accuracy"] == pytest.approx(np.mean(pred == y))
     assert m["precision"] == pytest.approx(p) and m["recall"] == pytest.approx(r) and m["f1"] == pytest.approx(f)
     assert m["auc"] == pytest.approx(auc)
-    assert set(m) == set(M.METRIC_NAMES)
+    assert set(m) == set(M.METRIC_NAMES) | {"per_class"}
 
 
 def test_auc_none_when_one_class_in_test():
@@ -134,8 +134,57 @@ def test_mean_std():
     assert M.mean_std([None]) == {"mean": None, "std": None}
 
 
-def test_compare_uses_seed_noise_margin():
-    assert M.compare({"mean": 0.8, "std": 0.05}, {"mean": 0.7, "std": 0.04}) == "better"
-    assert M.compare({"mean": 0.72, "std": 0.05}, {"mean": 0.7, "std": 0.04}) == "no clear difference"
-    assert M.compare({"mean": 0.5, "std": 0.0}, {"mean": 0.7, "std": 0.1}) == "worse"
-    assert M.compare({"mean": None, "std": None}, {"mean": 0.7, "std": 0.1}) == "n/a"
+@pytest.mark.parametrize("k,n", [(2, 40), (3, 75), (5, 90)])
+def test_per_class_and_minority_f1_match_sklearn(k, n):
+    from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+    rng = np.random.default_rng(7 * k + n)
+    y = rng.integers(0, k, size=n)
+    proba = rng.dirichlet(np.ones(k), size=n) + 0.4 * np.eye(k)[y] * rng.random((n, 1))
+    pred = proba.argmax(1)
+    labels = list(range(k))
+    p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, average=None, zero_division=0)
+    m = M.classification_metrics(y, proba, minority=[0, 2] if k > 2 else None)
+    assert m["per_class"]["precision"] == pytest.approx(p.tolist())
+    assert m["per_class"]["recall"] == pytest.approx(r.tolist())
+    assert m["per_class"]["f1"] == pytest.approx(f.tolist())
+    assert m["f1"] == pytest.approx(f1_score(y, pred, labels=labels, average="macro", zero_division=0))
+    minority = [0, 2] if k > 2 else [1]
+    assert m["minority_f1"] == pytest.approx(f1_score(y, pred, labels=minority, average="macro", zero_division=0))
+    assert M.per_class_metrics(y, pred, k)["support"].tolist() == s.tolist()
+
+
+def test_per_class_handles_a_never_predicted_class():
+    from sklearn.metrics import precision_recall_fscore_support
+
+    y, pred = np.array([0, 1, 2, 2, 1, 0]), np.array([0, 0, 2, 2, 0, 0])       # class 1 never predicted
+    got = M.per_class_metrics(y, pred, 3)
+    ref = precision_recall_fscore_support(y, pred, labels=[0, 1, 2], average=None, zero_division=0)
+    for a, b in zip((got["precision"], got["recall"], got["f1"]), ref[:3]):
+        assert a.tolist() == pytest.approx(b.tolist())
+
+
+def test_paired_compare_matches_scipy_ttest_rel():
+    from scipy import stats
+
+    rng = np.random.default_rng(3)
+    for n in (3, 5, 8):
+        a = rng.uniform(0.4, 0.8, size=n)
+        b = a - rng.normal(0.05, 0.05, size=n)
+        res = M.paired_compare(a.tolist(), b.tolist())
+        ref = stats.ttest_rel(a, b)
+        assert res["t"] == pytest.approx(ref.statistic) and res["p"] == pytest.approx(ref.pvalue)
+        assert res["n"] == n and res["mean_diff"] == pytest.approx(float(np.mean(a - b)))
+        want = "no clear difference" if ref.pvalue >= 0.05 else ("better" if ref.statistic > 0 else "worse")
+        assert res["verdict"] == want
+    # consistent gains across seeds are "better"; a swap gives "worse"; noise gives no clear difference
+    assert M.paired_compare([0.8, 0.82, 0.79], [0.7, 0.71, 0.70])["verdict"] == "better"
+    assert M.paired_compare([0.7, 0.71, 0.70], [0.8, 0.82, 0.79])["verdict"] == "worse"
+    assert M.paired_compare([0.8, 0.6, 0.75], [0.7, 0.72, 0.70])["verdict"] == "no clear difference"
+    assert M.paired_compare([0.5, 0.5], [0.5, 0.5]) | {} == {"n": 2, "mean_diff": 0.0, "t": 0.0, "p": 1.0,
+                                                            "verdict": "no clear difference"}
+    assert M.paired_compare([0.6, 0.7], [0.5, 0.6])["verdict"] == "better"        # identical non-zero gains
+    assert M.paired_compare([0.5], [0.4])["verdict"] == "n/a"
+    assert M.paired_compare([None, 0.5], [0.4, 0.4])["verdict"] == "n/a"
+    with pytest.raises(ValueError):
+        M.paired_compare([0.5, 0.6], [0.4])

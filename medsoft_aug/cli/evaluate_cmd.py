@@ -20,22 +20,37 @@ ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Also write 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")]
 
 
-def _table(metrics: dict) -> str:
-    names = ("auc", "accuracy", "precision", "recall", "f1")
-    lines = ["method      " + "".join(f"{n:>18}" for n in names)]
+def _table(metrics: dict, class_names: list[str]) -> str:
+    names = ("auc", "accuracy", "precision", "recall", "f1", "minority_f1")
+    cell = lambda v: f"{'n/a':>16}" if not v or v.get("mean") is None else f"{v['mean']:>8.3f} ± {v['std']:.3f}"  # noqa: E731
+    width = max([12, *(len(m) + 2 for m in metrics)])
+    lines = ["method".ljust(width) + "".join(f"{n:>16}" for n in names)]
     for method, row in metrics.items():
-        cells = []
-        for n in names:
-            v = row.get(n, {})
-            cells.append(f"{'n/a':>18}" if v.get("mean") is None else f"{v['mean']:>10.3f} ± {v['std']:.3f}")
-        lines.append(f"{method:<12}" + "".join(cells))
+        lines.append(method.ljust(width) + "".join(cell(row.get(n)) for n in names))
+    lines += ["", "per class (F1)".ljust(width) + "".join(f"{c[:15]:>16}" for c in class_names)]
+    for method, row in metrics.items():
+        lines.append(method.ljust(width) + "".join(cell(row["per_class"][c]["f1"]) for c in class_names))
+    return "\n".join(lines)
+
+
+def _verdicts(comparisons: list[dict]) -> str:
+    lines = []
+    for c in comparisons:
+        if c["metric"] != "minority_f1" or c["mean_diff"] is None:
+            continue
+        p = "n/a" if c["p"] is None else f"{c['p']:.3f}"
+        lines.append(f"{c['a']} vs {c['b']}: minority F1 {c['mean_diff']:+.3f} (paired t-test over seeds, "
+                     f"p {p}): {c['verdict']}")
     return "\n".join(lines)
 
 
 @evaluate_app.command("classify")
 @guarded
 def classify(
-    manifest: Annotated[Path, typer.Option("--manifest", "-m", help="manifest.csv from `medsoft-aug balance`.")],
+    manifest: Annotated[list[str], typer.Option(
+        "--manifest", "-m", help="manifest.csv from `medsoft-aug balance`, as NAME=PATH for a named method "
+        "(repeatable: --manifest medsoft=A/manifest.csv --manifest no-msc=B/manifest.csv ...); a bare PATH is "
+        "the `medsoft` method. All must hold the same real rows (same WORK).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for metrics.json, classify.json and "
                                       "predictions.csv.")],
     seeds: Annotated[int, typer.Option("--seeds", help="Number of training seeds (results are mean and std).")] = 3,
@@ -48,29 +63,38 @@ def classify(
     lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 1e-3,
     seed: Annotated[int, typer.Option("--seed", help="First seed; runs use seed, seed+1, ...")] = 0,
     method: Annotated[Optional[list[str]], typer.Option("--method", help="Restrict to these methods "
-                      "(repeatable): baseline, oversample, classical, medsoft.")] = None,
+                      "(repeatable): baseline, oversample, classical, or a manifest's NAME.")] = None,
+    normal_class: Annotated[Optional[str], typer.Option("--normal-class", help="The normal class (default: "
+                            "balance.json beside the first manifest, else `normal`); minority F1 averages the "
+                            "others.")] = None,
     device: DeviceOpt = "auto",
     report: ReportOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute even when OUT holds results for the same "
-                                        "manifest and options.")] = False,
+                                        "manifests and options.")] = False,
     json_out: JsonOpt = False,
 ):
     """Train a ResNet-18 on real vs real+synthetic data (and oversampling / classical augmentation); test on the
-    real test split only."""
+    real test split only; compare every pair of methods with a paired t-test over seeds."""
     from ..api import evaluate_classify
-    from ..evaluate.classify import METHODS
+    from ..evaluate.classify import parse_manifest_arg
+    from ..errors import UsageError
 
+    named = dict(parse_manifest_arg(m) for m in manifest)
+    if len(named) != len(manifest):
+        raise UsageError("each --manifest needs its own NAME (NAME=PATH); a bare PATH is `medsoft`")
     with progress_reporter() as on_progress:
-        res = evaluate_classify(manifest, out, seeds=seeds, epochs=epochs, resolution=resolution, weights=weights,
+        res = evaluate_classify(named, out, seeds=seeds, epochs=epochs, resolution=resolution, weights=weights,
                                 batch_size=batch_size, lr=lr, seed=seed, device=device,
-                                methods=tuple(method) if method else METHODS, report_dir=report, force=force,
-                                on_progress=on_progress)
+                                methods=tuple(method) if method else None, normal_class=normal_class,
+                                report_dir=report, force=force, on_progress=on_progress)
     if json_out:
         print_json({"out": str(res.out), "cached": res.cached, "metrics": res.metrics,
-                    "class_names": res.info.get("class_names"), "n_test": res.info.get("n_test"),
+                    "class_names": res.info.get("class_names"), "normal_class": res.info.get("normal_class"),
+                    "n_test": res.info.get("n_test"), "comparisons": res.info.get("comparisons"),
                     "report": str(report) if report else None})
         return
-    typer.echo(_table(res.metrics))
+    typer.echo(_table(res.metrics, res.info["class_names"]))
+    typer.echo("\n" + _verdicts(res.info.get("comparisons", [])))
     typer.echo(f"\nwritten to {res.out}" + (" (up to date, not recomputed)" if res.cached else ""))
 
 
@@ -118,17 +142,18 @@ def report_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder to write.")],
     classify_out: Annotated[Optional[Path], typer.Option("--classify", help="OUT folder of `evaluate classify`.")] = None,
     quality_out: Annotated[Optional[Path], typer.Option("--quality", help="OUT folder of `evaluate quality`.")] = None,
-    manifest: Annotated[Optional[Path], typer.Option("--manifest", "-m", help="manifest.csv, for contact sheets "
-                                                     "(donor | mask | synthetic per class).")] = None,
+    manifest: Annotated[Optional[list[str]], typer.Option(
+        "--manifest", "-m", help="manifest.csv (NAME=PATH, repeatable) for contact sheets (donor | mask | "
+        "synthetic per method); default the manifests recorded by --classify.")] = None,
     json_out: JsonOpt = False,
 ):
-    """Write a report (summary.md, ROC curves, confusion matrices, F1 bars, contact sheets) from finished runs."""
-    from ..errors import UsageError
-    from ..evaluate.report import write_report
+    """Write a report (summary.md in the Table 1b layout, per-class F1 bars, ROC per class, confusion matrices,
+    contact sheets) from finished runs."""
+    from ..api import evaluate_report
+    from ..evaluate.classify import parse_manifest_arg
 
-    if classify_out is None and quality_out is None and manifest is None:
-        raise UsageError("give at least one of --classify, --quality, --manifest")
-    files = write_report(out, classify_out=classify_out, quality_out=quality_out, manifest=manifest)
+    named = dict(parse_manifest_arg(m) for m in manifest) if manifest else None
+    files = evaluate_report(out, classify_out=classify_out, quality_out=quality_out, manifests=named)
     if json_out:
         print_json({"report": str(out), "files": [str(f) for f in files]})
         return

@@ -1,164 +1,105 @@
-"""Small, legible charts drawn with Pillow only (no matplotlib): bar chart with error bars, ROC curves,
-confusion matrices, and image grids. Each function returns a ``PIL.Image`` (RGB)."""
+"""Charts of the classification report, drawn with matplotlib's Agg backend (``Figure`` + ``FigureCanvasAgg``,
+no pyplot state) and scikit-learn's ``RocCurveDisplay`` / ``ConfusionMatrixDisplay``. Each function returns a
+``matplotlib.figure.Figure``; :func:`save_png` writes it atomically.
+
+``preds`` everywhere is the ``predictions.csv`` frame of ``evaluate classify``: one row per (method, seed, test
+sample) with ``label``, ``pred`` and ``prob_{class}`` columns; seeds are pooled.
+"""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import io
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+import pandas as pd
 
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127)]
-WHITE, BLACK, GRID = (255, 255, 255), (0, 0, 0), (225, 225, 225)
+from ..fsutil import atomic_write_bytes
 
 
-def font(size: int = 14) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:   # Pillow < 10.1 without a scalable default font
-        return ImageFont.load_default()
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
 
 
-def _text(d: ImageDraw.ImageDraw, xy: tuple[float, float], s: str, size: int = 14, fill=BLACK,
-          anchor: str = "la") -> None:
-    d.text(xy, s, fill=fill, font=font(size), anchor=anchor)
+def save_png(fig, path: str | Path) -> Path:
+    """Render ``fig`` with Agg and write it as a PNG at ``path`` (temp file + rename)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
 
 
-def _axes(d: ImageDraw.ImageDraw, box: tuple[int, int, int, int], ymin: float, ymax: float, nticks: int = 5,
-          xlabel: str = "", ylabel: str = "", fmt: str = "{:.1f}") -> None:
-    """Frame, horizontal grid lines with y tick labels, and axis labels inside ``box`` = (x0, y0, x1, y1)."""
-    x0, y0, x1, y1 = box
-    for i in range(nticks + 1):
-        v = ymin + (ymax - ymin) * i / nticks
-        y = y1 - (y1 - y0) * i / nticks
-        d.line([(x0, y), (x1, y)], fill=GRID)
-        _text(d, (x0 - 6, y), fmt.format(v), 12, anchor="rm")
-    d.rectangle(box, outline=BLACK)
-    if xlabel:
-        _text(d, ((x0 + x1) / 2, y1 + 28), xlabel, 14, anchor="mt")
-    if ylabel:
-        _text(d, (x0 - 48, y0 - 22), ylabel, 14, anchor="la")
+def f1_bars(metrics: Mapping[str, Mapping[str, Any]], class_names: Sequence[str], minority: Sequence[str],
+            n_seeds: int):
+    """Grouped bars of F1 (mean +- std over seeds): one group per class, then minority F1 and macro F1; one bar
+    per method. ``metrics``: the content of metrics.json."""
+    methods = list(metrics)
+    groups = [*class_names, "minority F1", "macro F1"]
+    fig = _figure(max(7.0, 1.6 + 0.45 * len(groups) * max(1, len(methods))), 4.2)
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(methods))
+    x = np.arange(len(groups))
+    for i, m in enumerate(methods):
+        vals = [metrics[m]["per_class"][c]["f1"] for c in class_names]
+        vals += [metrics[m]["minority_f1"], metrics[m]["f1"]]
+        mean = [np.nan if v["mean"] is None else v["mean"] for v in vals]
+        std = [0.0 if v["std"] is None else v["std"] for v in vals]
+        ax.bar(x - 0.4 + width * (i + 0.5), mean, width, yerr=std, capsize=2, label=m)
+    ax.set_xticks(x, [f"{g}\n(disease)" if g in minority else g for g in groups])
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("F1 on the real test split")
+    ax.set_title(f"F1 per class (mean ± std over {n_seeds} seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
 
 
-def bar_chart(labels: Sequence[str], means: Sequence[Optional[float]], stds: Sequence[Optional[float]],
-              title: str, ylabel: str = "", ymax: float = 1.0) -> Image.Image:
-    """Vertical bars with +-std error bars and the value printed above each bar; None is drawn as 'n/a'."""
-    w, h = 120 + 110 * len(labels), 420
-    im = Image.new("RGB", (w, h), WHITE)
-    d = ImageDraw.Draw(im)
-    box = (70, 50, w - 30, h - 70)
-    _text(d, (w / 2, 14), title, 18, anchor="mt")
-    _axes(d, box, 0.0, ymax, ylabel=ylabel)
-    x0, y0, x1, y1 = box
-    slot = (x1 - x0) / max(1, len(labels))
-    scale = lambda v: y1 - (y1 - y0) * min(max(v, 0.0), ymax) / ymax  # noqa: E731
-    for i, (lab, m, s) in enumerate(zip(labels, means, stds)):
-        cx = x0 + slot * (i + 0.5)
-        if m is None:
-            _text(d, (cx, y1 - 20), "n/a", 14, anchor="mm")
-        else:
-            d.rectangle([cx - slot * 0.3, scale(m), cx + slot * 0.3, y1], fill=PALETTE[i % len(PALETTE)])
-            if s:
-                d.line([(cx, scale(m - s)), (cx, scale(m + s))], fill=BLACK, width=2)
-                for v in (m - s, m + s):
-                    d.line([(cx - 8, scale(v)), (cx + 8, scale(v))], fill=BLACK, width=2)
-            _text(d, (cx, scale(m + (s or 0)) - 6), f"{m:.3f}", 13, anchor="mb")
-        _text(d, (cx, y1 + 8), lab, 14, anchor="mt")
-    return im
+def roc_panels(preds: pd.DataFrame, class_names: Sequence[str], methods: Sequence[str]):
+    """ROC curves, one panel per class (one-vs-rest; a binary problem gets one panel, class 1 vs class 0), one
+    curve per method (``RocCurveDisplay.from_predictions``; seeds pooled)."""
+    from sklearn.metrics import RocCurveDisplay
+
+    pos = [class_names[1]] if len(class_names) == 2 else list(class_names)
+    fig = _figure(4.2 * len(pos), 4.4)
+    axes = fig.subplots(1, len(pos), squeeze=False)[0]
+    for ax, c in zip(axes, pos):
+        for i, m in enumerate(methods):
+            d = preds[preds["method"] == m]
+            y = (d["label"] == c).to_numpy()
+            if 0 < y.sum() < len(y):
+                RocCurveDisplay.from_predictions(y, d[f"prob_{c}"].to_numpy(), name=m, ax=ax,
+                                                 plot_chance_level=i == 0)
+        rest = "rest" if len(class_names) > 2 else class_names[0]
+        ax.set_title(f"{c} vs {rest}", fontsize="medium")
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel(f"true positive rate ({c})")
+        ax.legend(fontsize="x-small", loc="lower right")
+    fig.suptitle("ROC on the real test split (seeds pooled)")
+    return fig
 
 
-def line_chart(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str, xlabel: str, ylabel: str,
-               diagonal: bool = True, size: int = 420) -> Image.Image:
-    """Curves (name, x (P,), y (P,)) in the unit square, with a legend; ``diagonal`` draws the chance line."""
-    w, h = size + 200, size
-    im = Image.new("RGB", (w, h), WHITE)
-    d = ImageDraw.Draw(im)
-    box = (70, 50, size - 20, h - 60)
-    x0, y0, x1, y1 = box
-    _text(d, (w / 2, 14), title, 18, anchor="mt")
-    _axes(d, box, 0.0, 1.0, xlabel=xlabel, ylabel=ylabel)
-    for i in range(6):
-        x = x0 + (x1 - x0) * i / 5
-        _text(d, (x, y1 + 6), f"{i / 5:.1f}", 12, anchor="mt")
-    px = lambda x, y: (x0 + (x1 - x0) * float(x), y1 - (y1 - y0) * float(y))  # noqa: E731
-    if diagonal:
-        d.line([px(0, 0), px(1, 1)], fill=(170, 170, 170), width=1)
-    for i, (name, xs, ys) in enumerate(curves):
-        col = PALETTE[i % len(PALETTE)]
-        pts = [px(x, y) for x, y in zip(xs, ys)]
-        if len(pts) > 1:
-            d.line(pts, fill=col, width=3)
-        ly = y0 + 10 + 24 * i
-        d.line([(x1 + 16, ly), (x1 + 40, ly)], fill=col, width=4)
-        _text(d, (x1 + 46, ly), name, 13, anchor="lm")
-    return im
+def confusion_panels(preds: pd.DataFrame, class_names: Sequence[str], methods: Sequence[str]):
+    """Confusion matrices (counts, seeds pooled; rows = true class), one panel per method
+    (``ConfusionMatrixDisplay.from_predictions``)."""
+    from sklearn.metrics import ConfusionMatrixDisplay
 
-
-def confusion_image(cm: np.ndarray, class_names: Sequence[str], title: str, cell: int = 64) -> Image.Image:
-    """Confusion matrix (K, K) of counts (rows = true class, columns = predicted), shaded by row fraction."""
-    k = len(class_names)
-    left, top = 110, 70
-    w, h = left + cell * k + 20, top + cell * k + 40
-    im = Image.new("RGB", (w, h), WHITE)
-    d = ImageDraw.Draw(im)
-    _text(d, (w / 2, 10), title, 16, anchor="mt")
-    _text(d, (left + cell * k / 2, 34), "predicted", 13, anchor="mt")
-    rows = cm.sum(axis=1, keepdims=True)
-    frac = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
-    for i in range(k):
-        _text(d, (left - 6, top + cell * (i + 0.5)), class_names[i][:12], 12, anchor="rm")
-        _text(d, (left + cell * (i + 0.5), top - 4), class_names[i][:9], 11, anchor="mb")
-        for j in range(k):
-            shade = int(255 - 200 * frac[i, j])
-            col = (shade, shade, 255)
-            box = [left + cell * j, top + cell * i, left + cell * (j + 1), top + cell * (i + 1)]
-            d.rectangle(box, fill=col, outline=BLACK)
-            _text(d, (box[0] + cell / 2, box[1] + cell / 2), str(int(cm[i, j])), 15,
-                  fill=WHITE if frac[i, j] > 0.6 else BLACK, anchor="mm")
-    _text(d, (8, top + cell * k + 12), "rows: true class", 12)
-    return im
-
-
-def hstack(images: Sequence[Image.Image], gap: int = 12) -> Image.Image:
-    """Side by side on a white background, top-aligned."""
-    w = sum(i.width for i in images) + gap * (len(images) - 1)
-    h = max(i.height for i in images)
-    out = Image.new("RGB", (w, h), WHITE)
-    x = 0
-    for i in images:
-        out.paste(i, (x, 0))
-        x += i.width + gap
-    return out
-
-
-def gray_tile(arr: np.ndarray, size: int) -> Image.Image:
-    """(H, W) in [0, 1] -> RGB tile of ``size`` x ``size`` (aspect kept, padded black)."""
-    a = np.clip(np.asarray(arr, np.float32), 0, 1)
-    im = Image.fromarray(np.round(a * 255).astype(np.uint8), mode="L")
-    im.thumbnail((size, size), Image.Resampling.BILINEAR) if max(im.size) > size else None
-    if max(im.size) < size:
-        s = size / max(im.size)
-        im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.Resampling.BILINEAR)
-    tile = Image.new("RGB", (size, size), BLACK)
-    tile.paste(im.convert("RGB"), ((size - im.width) // 2, (size - im.height) // 2))
-    return tile
-
-
-def image_grid(rows: Sequence[Sequence[np.ndarray]], col_titles: Sequence[str], title: str,
-               row_labels: Sequence[str] = (), tile: int = 128) -> Image.Image:
-    """Grid of grayscale arrays (rows x columns) with column titles and optional row labels."""
-    left = 110 if row_labels else 8
-    ncol = max(len(r) for r in rows) if rows else len(col_titles)
-    w, h = left + (tile + 6) * ncol + 4, 64 + (tile + 6) * len(rows)
-    im = Image.new("RGB", (w, h), WHITE)
-    d = ImageDraw.Draw(im)
-    _text(d, (w / 2, 8), title, 16, anchor="mt")
-    for j, t in enumerate(col_titles):
-        _text(d, (left + (tile + 6) * j + tile / 2, 50), t, 13, anchor="mb")
-    for i, r in enumerate(rows):
-        y = 58 + (tile + 6) * i
-        if i < len(row_labels):
-            _text(d, (left - 6, y + tile / 2), row_labels[i][:14], 11, anchor="rm")
-        for j, arr in enumerate(r):
-            im.paste(gray_tile(arr, tile), (left + (tile + 6) * j, y))
-    return im
+    ncol = min(3, len(methods))
+    nrow = int(np.ceil(len(methods) / ncol))
+    side = 1.2 + 0.75 * len(class_names)
+    fig = _figure(side * ncol + 0.5, side * nrow + 0.6)
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    for ax, m in zip(axes, methods):
+        d = preds[preds["method"] == m]
+        ConfusionMatrixDisplay.from_predictions(d["label"], d["pred"], labels=list(class_names), ax=ax,
+                                                colorbar=False, cmap="Blues")
+        ax.set_title(m, fontsize="medium")
+        ax.tick_params(axis="x", labelrotation=30)
+    for ax in axes[len(methods):]:
+        ax.set_axis_off()
+    fig.suptitle("Confusion matrices on the real test split (counts, seeds pooled)")
+    return fig

@@ -1,5 +1,5 @@
 """Image-quality and classification metrics: Frechet distance (FID), PSNR, SSIM (whole image and masked), and
-AUC / accuracy / precision / recall / F1 (scikit-learn).
+AUC / accuracy / precision / recall / F1 (macro, per class, minority), and the paired test over seeds.
 
 Images are float arrays (H, W) in [0, data_range]. Masks and weights are float (H, W) in [0, 1]: a soft mask
 M_b weights each pixel by its membership; "outside the mask" uses the weights 1 - M_b or the strict region
@@ -8,12 +8,13 @@ M_b == 0 (see :func:`psnr`).
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
 
-METRIC_NAMES = ("auc", "accuracy", "precision", "recall", "f1")
+METRIC_NAMES = ("auc", "accuracy", "precision", "recall", "f1", "minority_f1")
+PER_CLASS_NAMES = ("precision", "recall", "f1")
 
 
 # ----------------------------------------------------------------------------------------------- FID
@@ -126,38 +127,49 @@ def ssim(ref: np.ndarray, img: np.ndarray, data_range: float = 1.0,
 
 
 # ----------------------------------------------------------------------------------------------- classification
-def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, Optional[float]]:
-    """AUC, accuracy, macro precision, macro recall, macro F1 from labels (N,) in 0..K-1 and probabilities (N, K).
+def per_class_metrics(y_true: np.ndarray, pred: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Per-class precision, recall, F1 and support, each (K,) float64, from labels and predictions (N,) in
+    0..K-1, computed from the confusion matrix (0 where a ratio is undefined, as scikit-learn's
+    ``zero_division=0``)."""
+    y, p = np.asarray(y_true).astype(int), np.asarray(pred).astype(int)
+    cm = np.zeros((k, k), np.int64)                        # rows: true class, columns: predicted class
+    np.add.at(cm, (y, p), 1)
+    tp = np.diag(cm).astype(np.float64)
+    n_pred, n_true = cm.sum(axis=0).astype(np.float64), cm.sum(axis=1).astype(np.float64)
+    div = lambda a, b: np.divide(a, b, out=np.zeros_like(a), where=b > 0)  # noqa: E731
+    prec, rec = div(tp, n_pred), div(tp, n_true)
+    return {"precision": prec, "recall": rec, "f1": div(2 * prec * rec, prec + rec), "support": n_true}
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray,
+                           minority: Optional[Sequence[int]] = None) -> dict[str, Any]:
+    """AUC, accuracy, macro precision / recall / F1, minority F1 and per-class precision / recall / F1 from
+    labels (N,) in 0..K-1 and probabilities (N, K).
 
     Predictions are ``argmax(proba)``. AUC: binary -> ROC AUC of class 1's probability; K > 2 -> one-vs-rest macro
     (mean of per-class binary AUCs, as scikit-learn's ``multi_class="ovr", average="macro"``), over classes that
     have both positives and negatives in ``y_true``; ``None`` when no class has. Precision, recall and F1 are
-    macro averages over all K classes (``zero_division=0``).
+    macro averages over all K classes. ``minority_f1`` is the mean F1 over the class indices in ``minority`` (the
+    disease classes; default all classes but 0). ``per_class`` is ``{"precision": [K], "recall": [K], "f1": [K]}``.
     """
-    from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
+    from sklearn.metrics import roc_auc_score
 
     y = np.asarray(y_true).astype(int)
     p = np.asarray(proba, np.float64)
     k = p.shape[1]
     pred = p.argmax(axis=1)
-    labels = list(range(k))
-    prec, rec, f1, _ = precision_recall_fscore_support(y, pred, labels=labels, average="macro", zero_division=0)
+    pc = per_class_metrics(y, pred, k)
+    minority = list(range(1, k)) if minority is None else list(minority)
     aucs = []
-    pos_classes = [1] if k == 2 else labels
-    for c in pos_classes:
+    for c in ([1] if k == 2 else range(k)):
         yc = (y == c).astype(int)
         if 0 < yc.sum() < len(yc):
             aucs.append(float(roc_auc_score(yc, p[:, c])))
-    return {"auc": float(np.mean(aucs)) if aucs else None, "accuracy": float(accuracy_score(y, pred)),
-            "precision": float(prec), "recall": float(rec), "f1": float(f1)}
-
-
-def roc_points(y_binary: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ROC curve (false positive rate, true positive rate), each (P,), for drawing."""
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, _ = roc_curve(np.asarray(y_binary).astype(int), np.asarray(score, np.float64))
-    return fpr, tpr
+    return {"auc": float(np.mean(aucs)) if aucs else None, "accuracy": float(np.mean(pred == y)),
+            "precision": float(pc["precision"].mean()), "recall": float(pc["recall"].mean()),
+            "f1": float(pc["f1"].mean()),
+            "minority_f1": float(pc["f1"][minority].mean()) if minority else None,
+            "per_class": {n: pc[n].tolist() for n in PER_CLASS_NAMES}}
 
 
 def mean_std(values: list[Optional[float]]) -> dict[str, Optional[float]]:
@@ -168,14 +180,35 @@ def mean_std(values: list[Optional[float]]) -> dict[str, Optional[float]]:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}
 
 
-def compare(a: dict[str, Optional[float]], b: dict[str, Optional[float]]) -> str:
-    """Plain-words comparison of two ``{"mean", "std"}`` results: "better" / "worse" when the means differ by more
-    than the sum of the stds (a rough seed-noise margin), else "no clear difference"; "n/a" when undefined."""
-    if a.get("mean") is None or b.get("mean") is None:
-        return "n/a"
-    diff, margin = a["mean"] - b["mean"], (a.get("std") or 0.0) + (b.get("std") or 0.0)
-    if diff > margin:
-        return "better"
-    if diff < -margin:
-        return "worse"
-    return "no clear difference"
+PAIRED_TEST = ("two-sided paired t-test over seeds (same seeds, same real test set), alpha = 0.05: it measures "
+               "training-seed variability only (the test set is fixed); with few seeds (3 gives 2 degrees of "
+               "freedom) it detects only large, consistent differences, so 'no clear difference' is not evidence "
+               "of equality")
+
+
+def paired_compare(a: Sequence[Optional[float]], b: Sequence[Optional[float]],
+                   alpha: float = 0.05) -> dict[str, Any]:
+    """Compare method A with method B on one metric from per-seed values paired by seed (same length, same seed
+    order). Two-sided paired t-test on the differences d = a - b (t = mean(d) / (std(d, ddof=1) / sqrt(n)),
+    n - 1 degrees of freedom). Verdict "better" / "worse" when p < ``alpha`` (sign of the mean difference), else
+    "no clear difference"; "n/a" with fewer than 2 complete pairs. Identical differences (std 0) give p = 0 when
+    non-zero and p = 1 when all zero.
+    """
+    from scipy import stats
+
+    if len(a) != len(b):
+        raise ValueError(f"paired values need the same length, got {len(a)} and {len(b)}")
+    d = np.asarray([x - y for x, y in zip(a, b) if x is not None and y is not None], np.float64)
+    out: dict[str, Any] = {"n": int(d.size), "mean_diff": float(d.mean()) if d.size else None,
+                           "t": None, "p": None, "verdict": "n/a"}
+    if d.size < 2:
+        return out
+    sd = float(d.std(ddof=1))
+    if sd == 0.0:
+        t, pval = (0.0, 1.0) if d[0] == 0 else (float(np.sign(d[0]) * np.inf), 0.0)
+    else:
+        t = float(d.mean() / (sd / np.sqrt(d.size)))
+        pval = float(2 * stats.t.sf(abs(t), df=d.size - 1))
+    verdict = "no clear difference" if pval >= alpha else ("better" if d.mean() > 0 else "worse")
+    out.update(t=t if np.isfinite(t) else None, p=pval, verdict=verdict)
+    return out

@@ -1,36 +1,30 @@
-"""The evaluation report: ``metrics.json``, ``summary.md`` and pictures (F1 bars, ROC curves, confusion matrices,
-donor | mask | synthetic contact sheets per class), from the outputs of ``evaluate classify`` / ``quality`` and
-a manifest. Every file is written atomically."""
+"""The evaluation report (``evaluate report`` and ``--report``): ``summary.md`` with the paper's Table 1b layout,
+per-class rows, paired verdicts, pictures (per-class F1 bars, ROC per class, confusion matrices, and for each
+generated method a donor | mask | synthetic contact sheet), from the outputs of ``evaluate classify`` /
+``quality`` and the manifests. Every file is written atomically."""
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
-from ..fsutil import atomic_path, atomic_write_text
+from ..errors import InputError, UsageError
+from ..fsutil import atomic_write_text
 from . import charts
 from .data import load_image, read_manifest, resolve
 
 log = logging.getLogger("medsoft_aug.evaluate.report")
+TABLE = (("auc", "AUC"), ("accuracy", "Acc"), ("precision", "Pre"), ("recall", "Rec"), ("f1", "F1"),
+         ("minority_f1", "minority F1"))
 
 
 def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", s).strip("_").lower() or "class"
-
-
-def _save(img, path: Path) -> Path:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
-    return path
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -49,67 +43,83 @@ def _fmt(v: Optional[dict]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ classify
+def table_1b(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Markdown in the layout of the paper's Table 1b (methods as rows; AUC, Acc, Pre, Rec, F1, plus minority
+    F1), means +- std over seeds; per column the best mean in **bold**, the second best <u>underlined</u>."""
+    methods = list(metrics)
+    rank: dict[str, dict[str, int]] = {}
+    for key, _ in TABLE:
+        means = sorted({metrics[m][key]["mean"] for m in methods if metrics[m][key]["mean"] is not None},
+                       reverse=True)
+        rank[key] = {m: means.index(metrics[m][key]["mean"]) for m in methods
+                     if metrics[m][key]["mean"] is not None}
+    lines = ["| Method | " + " | ".join(h for _, h in TABLE) + " |", "|---" * (len(TABLE) + 1) + "|"]
+    for m in methods:
+        cells = []
+        for key, _ in TABLE:
+            cell, r = _fmt(metrics[m][key]), rank[key].get(m)
+            cells.append(f"**{cell}**" if r == 0 else f"<u>{cell}</u>" if r == 1 else cell)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def per_class_rows(metrics: Mapping[str, Mapping[str, Any]], class_names: list[str],
+                   minority: list[str]) -> list[str]:
+    """Markdown: one row per (class, method) with precision, recall and F1 (mean +- std over seeds)."""
+    lines = ["| class | method | precision | recall | F1 |", "|---|---|---|---|---|"]
+    for c in class_names:
+        for m in metrics:
+            pc = metrics[m]["per_class"][c]
+            tag = f"{c} (disease)" if c in minority else c
+            lines.append(f"| {tag} | {m} | {_fmt(pc['precision'])} | {_fmt(pc['recall'])} | {_fmt(pc['f1'])} |")
+    return lines
+
+
+def verdict_rows(comparisons: list[dict[str, Any]]) -> list[str]:
+    """Markdown: one row per pair of methods, the paired test on minority F1 and on macro F1."""
+    by_pair: dict[tuple[str, str], dict[str, dict]] = {}
+    for c in comparisons:
+        by_pair.setdefault((c["a"], c["b"]), {})[c["metric"]] = c
+    cell = lambda c: ("n/a" if c["mean_diff"] is None else  # noqa: E731
+                      f"{c['mean_diff']:+.3f} (p {'n/a' if c['p'] is None else format(c['p'], '.3f')}): "
+                      f"**{c['verdict']}**")
+    lines = ["| A vs B | minority F1: A - B | macro F1: A - B |", "|---|---|---|"]
+    for (a, b), d in by_pair.items():
+        lines.append(f"| {a} vs {b} | {cell(d['minority_f1'])} | {cell(d['f1'])} |")
+    return lines
+
+
 def classify_figures(classify_out: Path, report_dir: Path) -> tuple[list[Path], list[str]]:
-    """F1 bars, ROC curves and confusion matrices from a classify OUT folder; returns (files, markdown lines)."""
+    """Table 1b, per-class rows, verdicts, F1 bars, ROC per class and confusion matrices from a classify OUT
+    folder; returns (files written, markdown lines)."""
     metrics = _read_json(classify_out / "metrics.json", "classify")
     info = _read_json(classify_out / "classify.json", "classify")
     pred_path = classify_out / "predictions.csv"
     if not pred_path.is_file():
         raise InputError(f"{pred_path} not found: run `medsoft-aug evaluate classify` first")
     preds = pd.read_csv(pred_path, dtype={"sample_id": str, "label": str, "pred": str, "method": str})
-    classes: list[str] = info["class_names"]
-    methods = list(metrics)
-    files = []
+    classes, methods = info["class_names"], list(metrics)
+    minority, n_seeds = info.get("minority_classes", classes[1:]), len(info["per_seed"][methods[0]])
     atomic_write_text(report_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    files.append(report_dir / "metrics.json")
-    f1 = [metrics[m]["f1"] for m in methods]
-    files.append(_save(charts.bar_chart(methods, [v["mean"] for v in f1], [v["std"] for v in f1],
-                                        f"Macro F1 on the real test split (mean ± std, {len(info['per_seed'][methods[0]])} seeds)",
-                                        ylabel="F1"), report_dir / "f1_by_method.png"))
-    # ROC: predictions pooled over seeds; binary -> class 1 vs 0, else one panel per class (one-vs-rest).
-    panels = []
-    pos_classes = [classes[1]] if len(classes) == 2 else classes
-    for c in pos_classes:
-        curves = []
-        for m in methods:
-            d = preds[preds["method"] == m]
-            y = (d["label"] == c).to_numpy().astype(int)
-            if 0 < y.sum() < len(y):
-                from .metrics import roc_points
-
-                fpr, tpr = roc_points(y, d[f"prob_{c}"].to_numpy())
-                curves.append((f"{m} (AUC {float(np.trapezoid(tpr, fpr)):.3f})", fpr, tpr))
-        title = f"ROC: {c}" + (" vs rest" if len(classes) > 2 else f" vs {classes[0]}") + " (seeds pooled)"
-        panels.append(charts.line_chart(curves, title, "false positive rate", "true positive rate"))
-    files.append(_save(charts.hstack(panels), report_dir / "roc.png"))
-    cms = []
-    for m in methods:
-        d = preds[preds["method"] == m]
-        cm = np.zeros((len(classes), len(classes)), int)
-        idx = {c: i for i, c in enumerate(classes)}
-        for t, p in zip(d["label"], d["pred"]):
-            cm[idx[t], idx[p]] += 1
-        cms.append(charts.confusion_image(cm, classes, f"{m} (all seeds)"))
-    files.append(_save(charts.hstack(cms), report_dir / "confusion.png"))
-
-    names = ("auc", "accuracy", "precision", "recall", "f1")
-    md = ["## Downstream classification (real test split only)", "",
-          f"Classes: {', '.join(classes)}; test samples: {info['n_test']} "
-          f"({', '.join(f'{k} {v}' for k, v in info['test_class_counts'].items())}); "
-          f"real training samples: {info['n_real_train']}; synthetic used: {info['n_synthetic_used']}; "
-          f"seeds: {len(info['per_seed'][methods[0]])}; epochs: {info['options']['epochs']}; "
-          f"resolution: {info['options']['resolution']}.", "",
-          "| method | " + " | ".join(names) + " | draws/epoch |", "|---" * (len(names) + 2) + "|"]
-    for m in methods:
-        md.append(f"| {m} | " + " | ".join(_fmt(metrics[m][n]) for n in names)
-                  + f" | {info['methods'][m]['n_draws_per_epoch']} |")
-    base, ms = metrics.get("baseline", {}).get("f1", {}), metrics.get("medsoft", {}).get("f1", {})
-    if base.get("mean") is not None and ms.get("mean") is not None:
-        from .metrics import compare
-
-        md += ["", f"medsoft vs baseline, macro F1: {ms['mean'] - base['mean']:+.3f} -> {compare(ms, base)} "
-               "(better/worse only when the means differ by more than the sum of their seed stds)."]
-    md += ["", "![F1 by method](f1_by_method.png)", "", "![ROC curves](roc.png)", "",
+    files = [report_dir / "metrics.json",
+             charts.save_png(charts.f1_bars(metrics, classes, minority, n_seeds), report_dir / "f1_per_class.png"),
+             charts.save_png(charts.roc_panels(preds, classes, methods), report_dir / "roc.png"),
+             charts.save_png(charts.confusion_panels(preds, classes, methods), report_dir / "confusion.png")]
+    o = info["options"]
+    aug = metrics.get("classical", {}).get("augmentation")
+    md = ["## Downstream classification (Table 1b layout; real test split only)", "",
+          f"Classes: {', '.join(classes)} (normal class: {info.get('normal_class', 'n/a')}); test samples: "
+          f"{info['n_test']} ({', '.join(f'{k} {v}' for k, v in info['test_class_counts'].items())}); real "
+          f"training samples: {info['n_real_train']}; synthetic used: "
+          + ", ".join(f"{n} {v['n_synthetic_used']}" for n, v in info.get("manifests", {}).items())
+          + f"; ResNet-18, {n_seeds} seeds x {o['epochs']} epochs at {o['resolution']} px.", "",
+          *table_1b(metrics), "", "Per class:", "", *per_class_rows(metrics, classes, minority), "",
+          f"Paired comparisons: {info.get('paired_test', '')}.", "", *verdict_rows(info.get("comparisons", [])), ""]
+    if aug:
+        md += [f"Classical augmentation ({aug['library']}, no flips): rotation ±{aug['rotation_deg']}°, scale "
+               f"{aug['scale']}, translation ±{aug['translate']:.0%}, gamma {aug['gamma']}, contrast "
+               f"{aug['contrast']}, brightness {aug['brightness']}, noise sigma {aug['noise_sigma']}.", ""]
+    md += ["![F1 per class](f1_per_class.png)", "", "![ROC per class](roc.png)", "",
            "![Confusion matrices](confusion.png)", ""]
     return files, md
 
@@ -163,61 +173,90 @@ def _quality_sheet(quality_out: Path, q: dict, report_dir: Path, n: int = 8) -> 
 
 
 # ------------------------------------------------------------------------------------------------ contact sheets
-def contact_sheets(manifest: Path, report_dir: Path, per_class: int = 6) -> tuple[list[Path], list[str]]:
-    """One sheet per synthetic class: rows of donor | soft mask (overlay) | synthetic, the first ``per_class``
-    synthetic rows by sample_id."""
+def contact_sheets(manifests: Mapping[str, Path], report_dir: Path, per_class: int = 4) -> tuple[list[Path], list[str]]:
+    """One sheet per generated method (manifest): rows of donor | mask (overlay) | synthetic, the first
+    ``per_class`` synthetic rows of each class by sample_id."""
+    files, md = [], ["## Synthetic samples per method (donor | mask | synthetic)", ""]
+    for name, manifest in manifests.items():
+        path = report_dir / f"contact_{_slug(name)}.png"
+        if _method_sheet(Path(manifest), path, name, per_class):
+            files.append(path)
+            md += [f"### {name}", "", f"![{name}]({path.name})", ""]
+        else:
+            md += [f"### {name}", "", "The manifest has no synthetic rows.", ""]
+    return files, md
+
+
+def _method_sheet(manifest: Path, path: Path, name: str, per_class: int) -> bool:
     from ..viz import contact_sheet
 
     df = read_manifest(manifest)
-    mdir = manifest.parent
-    by_id = df.set_index("sample_id", drop=False)
+    mdir, by_id = manifest.parent, df.set_index("sample_id", drop=False)
     syn = df[df["origin"] == "synthetic"].sort_values("sample_id")
-    files, md = [], ["## Synthetic samples (donor | mask | synthetic)", ""]
-    if syn.empty:
-        return files, md + ["The manifest has no synthetic rows.", ""]
+    rows, overlays, labels = [], [], []
     for label, grp in syn.groupby("label", sort=True):
-        rows, overlays, labels = [], [], []
         for _, r in grp.head(per_class).iterrows():
             synth = load_image(resolve(mdir, r["image"]), r["sample_id"])
             donor = (load_image(resolve(mdir, by_id.at[r["donor_id"], "image"]), r["donor_id"])
                      if r.get("donor_id") in by_id.index else None)
-            mask = (np.clip(np.load(resolve(mdir, r["mask"]), allow_pickle=False).astype(np.float32), 0, 1)
-                    if r.get("mask") and resolve(mdir, r["mask"]).is_file() else None)
+            mpath = resolve(mdir, r["mask"]) if r.get("mask") else None
+            mask = np.clip(np.load(mpath, allow_pickle=False).astype(np.float32), 0, 1) \
+                if mpath is not None and mpath.is_file() else None
             base = donor if donor is not None else synth
-            rows.append([donor, base if mask is not None else None, synth])
-            overlays.append([None, mask if mask is not None and mask.shape == base.shape else None, None])
-            labels.append(f"{r['sample_id']} <- {r.get('donor_id', '')}")
-        path = report_dir / f"contact_{_slug(label)}.png"
-        contact_sheet(rows, path, row_labels=labels, col_labels=["donor", "soft mask", "synthetic"],
-                      overlays=overlays, cell_size=(160, 160))
-        files.append(path)
-        md += [f"### {label}", "", f"![{label}]({path.name})", ""]
-    return files, md
+            ok = mask is not None and mask.shape == base.shape
+            rows.append([donor, base if ok else None, synth])
+            overlays.append([None, mask if ok else None, None])
+            labels.append(f"{label}\n{r['sample_id']}")
+    if not rows:
+        return False
+    contact_sheet(rows, path, row_labels=labels, col_labels=[f"donor ({name})", "mask", "synthetic"],
+                  overlays=overlays, cell_size=(128, 128))
+    return True
 
 
-def write_report(report_dir: str | Path, classify_out: Optional[str | Path] = None,
-                 quality_out: Optional[str | Path] = None, manifest: Optional[str | Path] = None) -> list[Path]:
-    """Write the report folder from whichever inputs are given; returns the files written (summary.md last)."""
-    report_dir = Path(report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
+def evaluate_report(out: str | Path, classify_out: Optional[str | Path] = None,
+                    quality_out: Optional[str | Path] = None,
+                    manifests: Optional[str | Path | Mapping[str, str | Path]] = None) -> list[Path]:
+    """Write the report folder ``out`` from whichever inputs are given; returns the files written (summary.md
+    last). ``manifests``: one manifest.csv or {method: manifest.csv} for the contact sheets; default the
+    manifests recorded by ``classify_out``. Raises UsageError when no input is given, InputError for missing
+    or malformed inputs."""
+    # 1. inputs
+    if classify_out is None and quality_out is None and manifests is None:
+        raise UsageError("give at least one of --classify, --quality, --manifest")
+    if isinstance(manifests, (str, Path)):
+        manifests = {"medsoft": manifests}
+    missing = [str(p) for p in (manifests or {}).values() if not Path(p).is_file()]
+    if missing:
+        raise InputError(f"manifest {missing[0]} not found")
+    if manifests is None and classify_out is not None:
+        info = _read_json(Path(classify_out) / "classify.json", "classify")
+        manifests = {n: v["path"] for n, v in info.get("manifests", {}).items()} or \
+            ({"medsoft": info["manifest"]} if info.get("manifest") else {})
+    out = Path(out)
     files: list[Path] = []
     md = ["# medsoft-aug evaluation report", ""]
+    # 2. classification: tables, verdicts, charts
     if classify_out is not None:
-        f, lines = classify_figures(Path(classify_out), report_dir)
-        files += f
-        md += lines
-        if manifest is None:
-            info = _read_json(Path(classify_out) / "classify.json", "classify")
-            manifest = info.get("manifest")
+        f, lines = classify_figures(Path(classify_out), out)
+        files, md = files + f, md + lines
+    # 3. image quality
     if quality_out is not None:
-        f, lines = quality_lines(Path(quality_out), report_dir)
-        files += f
-        md += lines
-    if manifest is not None and Path(manifest).is_file():
-        f, lines = contact_sheets(Path(manifest), report_dir)
-        files += f
-        md += lines
-    atomic_write_text(report_dir / "summary.md", "\n".join(md) + "\n")
-    files.append(report_dir / "summary.md")
-    log.info("report written to %s (%d files)", report_dir, len(files))
+        f, lines = quality_lines(Path(quality_out), out)
+        files, md = files + f, md + lines
+    # 4. one contact sheet per generated method
+    present = {n: Path(p) for n, p in (manifests or {}).items() if Path(p).is_file()}
+    if len(present) < len(manifests or {}):
+        log.warning("contact sheets skipped for %d manifest(s) recorded by %s that no longer exist",
+                    len(manifests) - len(present), classify_out)
+    if present:
+        f, lines = contact_sheets(present, out)
+        files, md = files + f, md + lines
+    # 5. summary.md last
+    atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
+    files.append(out / "summary.md")
+    log.info("report written to %s (%d files)", out, len(files))
     return files
+
+
+write_report = evaluate_report   # the name evaluate/quality.py calls (kept until quality.py uses the stage name)

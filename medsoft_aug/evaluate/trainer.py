@@ -86,24 +86,53 @@ def build_resnet18(num_classes: int, weights: Optional[Path] = None) -> nn.Modul
     return model
 
 
-def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Classical augmentation of a batch (B, 1, H, W) in [0, 1]: horizontal flip (p = 0.5), small affine
-    (rotation +-10 deg, scale 0.9-1.1, translation +-5 %), intensity jitter (gamma 0.8-1.25, contrast and
-    brightness +-10 %). Parameters are drawn on the CPU from ``g``."""
-    b = x.shape[0]
-    u = lambda lo, hi: lo + (hi - lo) * torch.rand(b, generator=g)  # noqa: E731
-    flip = torch.rand(b, generator=g) < 0.5
-    ang, scale = u(-10, 10) * math.pi / 180, u(0.9, 1.1)
-    tx, ty = u(-0.05, 0.05) * 2, u(-0.05, 0.05) * 2          # affine_grid uses [-1, 1] coordinates
-    gamma, contrast, bright = torch.exp(u(math.log(0.8), math.log(1.25))), u(0.9, 1.1), u(-0.1, 0.1)
-    sx = torch.where(flip, -1.0, 1.0)
-    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
-    theta = torch.stack([torch.stack([cos * sx, -sin, tx], 1), torch.stack([sin * sx, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    out = out.clamp(0, 1) ** gamma.to(x)[:, None, None, None]
-    out = (out - 0.5) * contrast.to(x)[:, None, None, None] + 0.5 + bright.to(x)[:, None, None, None]
-    return out.clamp(0, 1)
+@dataclass(frozen=True)
+class ClassicalAugment:
+    """The ``classical`` baseline: anatomy-preserving augmentation a user would actually run on sagittal slices
+    (no flips: a left-right flip swaps anterior and posterior). Each training draw gets its own parameters,
+    drawn uniformly in these ranges (gamma log-uniformly) from the run's seeded generator; the operations are
+    torchvision's (``transforms.v2.functional``): affine (bilinear, zero fill), gamma, contrast, brightness,
+    Gaussian noise. Recorded in ``metrics.json`` under ``classical.augmentation``."""
+    rotation_deg: float = 10.0                  # +- degrees
+    scale: tuple[float, float] = (0.9, 1.1)
+    translate: float = 0.05                     # +- fraction of the image size, each axis
+    gamma: tuple[float, float] = (0.8, 1.25)
+    contrast: tuple[float, float] = (0.9, 1.1)  # torchvision contrast factor (blend with the image mean)
+    brightness: tuple[float, float] = (0.9, 1.1)  # torchvision brightness factor (multiplicative)
+    noise_sigma: tuple[float, float] = (0.0, 0.03)  # std of additive Gaussian noise, intensity units [0, 1]
+    flips: bool = False                         # never: recorded so the report can say so
+
+    def to_dict(self) -> dict:
+        return {"library": "torchvision.transforms.v2.functional", "order": [
+            "affine", "adjust_gamma", "adjust_contrast", "adjust_brightness", "gaussian_noise", "clamp [0, 1]"],
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}}
+
+
+CLASSICAL = ClassicalAugment()
+
+
+def augment(x: torch.Tensor, g: torch.Generator, aug: ClassicalAugment = CLASSICAL) -> torch.Tensor:
+    """Classical augmentation of a batch (B, 1, H, W) in [0, 1] with per-sample parameters drawn on the CPU from
+    ``g`` (the noise through a seed drawn from ``g``), so the result depends only on ``g``'s state. Returns (B, 1, H, W) in [0, 1]."""
+    from torchvision.transforms.v2 import functional as TF
+
+    b, _, h, w = x.shape
+    u = lambda lo, hi: (lo + (hi - lo) * torch.rand(b, generator=g)).tolist()  # noqa: E731
+    ang, scale = u(-aug.rotation_deg, aug.rotation_deg), u(*aug.scale)
+    tx, ty = u(-aug.translate * w, aug.translate * w), u(-aug.translate * h, aug.translate * h)
+    gamma = [math.exp(v) for v in u(math.log(aug.gamma[0]), math.log(aug.gamma[1]))]
+    contrast, bright, sigma = u(*aug.contrast), u(*aug.brightness), u(*aug.noise_sigma)
+    noise_seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=g))
+    out = []
+    with torch.random.fork_rng(devices=[]):       # gaussian_noise draws from torch's global RNG: seed it from g
+        torch.manual_seed(noise_seed)
+        for i in range(b):
+            xi = TF.affine(x[i], angle=ang[i], translate=[tx[i], ty[i]], scale=scale[i], shear=[0.0, 0.0],
+                           interpolation=TF.InterpolationMode.BILINEAR, fill=0.0)
+            xi = TF.adjust_gamma(xi.clamp(0, 1), gamma[i])
+            xi = TF.adjust_brightness(TF.adjust_contrast(xi, contrast[i]), bright[i])
+            out.append(TF.gaussian_noise(xi, mean=0.0, sigma=sigma[i], clip=True))
+    return torch.stack(out).clamp(0, 1)
 
 
 @contextlib.contextmanager
