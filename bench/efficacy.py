@@ -1,17 +1,21 @@
-"""Efficacy benchmark: does medsoft-aug's synthetic data help a downstream classifier on the phantom data?
+"""Efficacy benchmark: the paper's Table 1b protocol on the phantom data, end to end.
 
-    phantom sample data -> ingest -> masks build -> train (tiny) -> balance (ratio 1.0)
-        -> evaluate classify: baseline vs oversample vs classical augmentation vs medsoft (ResNet-18, seeds)
+    phantom sample data -> ingest -> masks build
+        -> train (tiny) three times: medsoft (full), no-msc (--no-msc), no-smis (--mask-mode hard)
+        -> balance each model with balance's defaults (ratio 1.0, 50 DDIM steps, guidance 7.5, masked blend)
+        -> evaluate classify --manifest medsoft=... --manifest no-msc=... --manifest no-smis=...
+           (+ the built-in baseline, oversample and classical methods; ResNet-18 over seeds, paired t-test)
+        -> evaluate quality for each model (held-out diseased test samples inpainted with their own description)
 
-Prints the table (mean ± std over seeds, real test split only) and writes OUT/efficacy.json and a report
-(OUT/report/: summary.md, F1 bars, ROC curves, confusion matrices, contact sheets). Stages reuse finished
-outputs on a rerun with the same options. If medsoft does not beat the baseline, the table says so: that is a
-finding, not something to tune away.
+Prints Table 1b (mean ± std over seeds, real test split only) with per-class rows and the paired verdicts, and
+writes OUT/efficacy.json and a report (OUT/report/: summary.md, per-class F1 bars, ROC per class, confusion
+matrices, one donor | mask | synthetic contact sheet per generated method). Stages reuse finished outputs on a
+rerun with the same options. Whatever the numbers say is the finding: nothing here is tuned toward a result.
 
 Usage (from the repository root):
-    python bench/efficacy.py --quick                  # ~32 studies, small budgets: a few minutes on a 2-core CPU
-    python bench/efficacy.py --n-studies 160          # larger phantom set, fuller budgets
-    python bench/efficacy.py --quick --threads 1      # on a shared, loaded CPU one torch thread is much faster
+    python bench/efficacy.py --quick --threads 1      # 32 studies, small budgets: a short run
+    python bench/efficacy.py --threads 1              # the full protocol: 160 studies, 3 seeds
+On a shared, loaded CPU one torch thread is much faster than torch's default.
 """
 from __future__ import annotations
 
@@ -23,7 +27,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-METRICS = ("auc", "accuracy", "precision", "recall", "f1")
+TABLE = (("auc", "AUC"), ("accuracy", "Acc"), ("precision", "Pre"), ("recall", "Rec"), ("f1", "F1"),
+         ("minority_f1", "minority F1"))
+VARIANTS = {"medsoft": {}, "no-msc": {"no_msc": True}, "no-smis": {"mask_mode": "hard"}}
 PRESETS = {
     "quick": dict(n_studies=32, train_steps=60, steps=20, seeds=2, epochs=8, resolution=64),
     "full": dict(n_studies=160, train_steps=300, steps=50, seeds=3, epochs=15, resolution=64),
@@ -36,7 +42,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("bench_out/efficacy"), help="output folder (reused on rerun)")
     p.add_argument("--n-studies", type=int, help="phantom studies (32 = the repository's sample_data/)")
     p.add_argument("--train-steps", type=int, help="training steps per stage (MSC, SMIS) of the tiny model")
-    p.add_argument("--steps", type=int, help="DDIM steps when balancing")
+    p.add_argument("--steps", type=int, help="DDIM steps when balancing (balance's default: 50)")
     p.add_argument("--seeds", type=int, help="classifier seeds")
     p.add_argument("--epochs", type=int, help="classifier epochs")
     p.add_argument("--resolution", type=int, help="classifier input size (pixels)")
@@ -44,9 +50,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="seed of data generation, training and generation")
-    p.add_argument("--blend", default="masked", choices=("masked", "donor"),
-                   help="Eq. 7 latent kept outside the mask when balancing (masked = the paper's VAE(I_m))")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance when balancing")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="generated methods to run (default: all three)")
+    p.add_argument("--skip-quality", action="store_true", help="skip evaluate quality")
     a = p.parse_args(argv)
     preset = PRESETS["quick" if a.quick else "full"]
     for k, v in preset.items():
@@ -67,12 +73,74 @@ def sample_data(out: Path, n: int, seed: int) -> Path:
     return dst
 
 
-def table(metrics: dict) -> str:
-    lines = ["| method | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+def _cell(v: dict | None) -> str:
+    return "n/a" if not v or v.get("mean") is None else f"{v['mean']:.3f} ± {v['std']:.3f}"
+
+
+def table(metrics: dict, class_names: list[str], minority: list[str]) -> str:
+    """Table 1b: one row per method (macro metrics and minority F1), then per class one row per method
+    (precision / recall / F1 of that class in the Pre / Rec / F1 columns)."""
+    lines = ["| method | " + " | ".join(h for _, h in TABLE) + " |", "|---" * (len(TABLE) + 1) + "|"]
     for m, row in metrics.items():
-        cells = ["n/a" if row[k]["mean"] is None else f"{row[k]['mean']:.3f} ± {row[k]['std']:.3f}" for k in METRICS]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append(f"| {m} | " + " | ".join(_cell(row[k]) for k, _ in TABLE) + " |")
+    for c in class_names:
+        tag = f"{c} (disease)" if c in minority else c
+        for m, row in metrics.items():
+            pc = row["per_class"][c]
+            lines.append(f"| {m} · {tag} | | | {_cell(pc['precision'])} | {_cell(pc['recall'])} | "
+                         f"{_cell(pc['f1'])} | |")
     return "\n".join(lines)
+
+
+def verdicts(comparisons: list[dict]) -> list[str]:
+    out = []
+    for c in comparisons:
+        if c["metric"] == "minority_f1" and c["mean_diff"] is not None:
+            f1 = next(d for d in comparisons if (d["a"], d["b"], d["metric"]) == (c["a"], c["b"], "f1"))
+            p = lambda d: "n/a" if d["p"] is None else f"{d['p']:.3f}"  # noqa: E731
+            out.append(f"{c['a']} vs {c['b']}: minority F1 {c['mean_diff']:+.3f} (p {p(c)}) {c['verdict']}; "
+                       f"macro F1 {f1['mean_diff']:+.3f} (p {p(f1)}) {f1['verdict']}")
+    return out
+
+
+def run_protocol(a: argparse.Namespace, lap) -> tuple[dict, dict, dict]:
+    """Every stage of the protocol; returns (balance results, classify result, quality summaries) by variant."""
+    from medsoft_aug import api
+
+    out = a.out
+    t = time.time()
+    data = sample_data(out, a.n_studies, a.seed)
+    tag = f"n{a.n_studies}_s{a.seed}_tf{a.test_fraction}"
+    work = out / f"work_{tag}"
+    api.ingest(data / "labels.csv", data, work, test_fraction=a.test_fraction, split_seed=a.seed)
+    api.build_masks(work)
+    lap("data, ingest, masks", t)
+    balanced, models = {}, {}
+    for name in a.variants:
+        model = out / f"model_{name}_{tag}_ts{a.train_steps}"
+        bal = out / f"balanced_{name}_{tag}_ts{a.train_steps}_st{a.steps}"
+        t = time.time()
+        api.train(work, model, max_steps=a.train_steps, seed=a.seed, device=a.device, **VARIANTS[name])
+        lap(f"train {name}", t)
+        t = time.time()
+        balanced[name] = api.balance(work, model, bal, target_ratio=1.0, steps=a.steps, seed=a.seed,
+                                     device=a.device)
+        balanced[name]["out"], models[name] = bal, model
+        lap(f"balance {name}", t)
+    t = time.time()
+    cres = api.evaluate_classify({n: balanced[n]["out"] / "manifest.csv" for n in a.variants}, out / "classify",
+                                 seeds=a.seeds, epochs=a.epochs, resolution=a.resolution, seed=a.seed,
+                                 device=a.device, report_dir=out / "report")
+    lap("classify", t)
+    quality = {}
+    for name in ([] if a.skip_quality else a.variants):
+        t = time.time()
+        q = api.evaluate_quality(work, models[name], out / f"quality_{balanced[name]['out'].name}", steps=a.steps,
+                                 seed=a.seed, device=a.device, balance_out=balanced[name]["out"])
+        quality[name] = {k: q.summary.get(k) for k in ("n_samples", "psnr", "psnr_mask", "ssim", "ssim_mask",
+                                                       "fid", "fid_features", "background")}
+        lap(f"quality {name}", t)
+    return balanced, cres, quality
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,10 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    from medsoft_aug import api
-
-    out = a.out
-    out.mkdir(parents=True, exist_ok=True)
+    a.out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     t_all = time.time()
 
@@ -92,68 +157,37 @@ def main(argv: list[str] | None = None) -> int:
         times[name] = round(time.time() - t, 1)
         print(f"[efficacy] {name}: {times[name]} s", file=sys.stderr, flush=True)
 
-    t = time.time()
-    data = sample_data(out, a.n_studies, a.seed)
-    lap("sample_data", t)
-    tag = f"n{a.n_studies}_s{a.seed}_tf{a.test_fraction}"
-    work, model, bal = out / f"work_{tag}", out / f"model_{tag}_ts{a.train_steps}", out / f"balanced_{tag}_ts{a.train_steps}_st{a.steps}"
-    t = time.time()
-    api.ingest(data / "labels.csv", data, work, test_fraction=a.test_fraction, split_seed=a.seed)
-    lap("ingest", t)
-    t = time.time()
-    api.build_masks(work)
-    lap("masks", t)
-    t = time.time()
-    api.train(work, model, max_steps=a.train_steps, seed=a.seed, device=a.device)
-    lap("train", t)
-    t = time.time()
-    bres = api.balance(work, model, bal, target_ratio=1.0, steps=a.steps, guidance=a.guidance, blend=a.blend,
-                       seed=a.seed, device=a.device)
-    lap("balance", t)
-    t = time.time()
-    cres = api.evaluate_classify(bal / "manifest.csv", out / "classify", seeds=a.seeds, epochs=a.epochs,
-                                 resolution=a.resolution, seed=a.seed, device=a.device,
-                                 report_dir=out / "report")
-    lap("classify", t)
-    t = time.time()
-    qres = api.evaluate_quality(work, model, out / f"quality_{bal.name}", steps=a.steps, seed=a.seed,
-                                device=a.device, balance_out=bal)
-    lap("quality", t)
-    q = qres.summary
-    info = cres.info
-    from medsoft_aug.evaluate.metrics import compare
-
-    verdicts = {m: compare(cres.metrics["medsoft"]["f1"], cres.metrics[m]["f1"])
-                for m in ("baseline", "oversample", "classical")}
-    verdict = "medsoft vs " + ", ".join(f"{m}: {v}" for m, v in verdicts.items()) + \
-        " (macro F1; better/worse only beyond the sum of the seed stds)"
+    balanced, cres, quality = run_protocol(a, lap)
+    info, first = cres.info, balanced[a.variants[0]]
     summary = {
         "command": "python bench/efficacy.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "torch_threads": torch.get_num_threads(), "device": a.device},
+        "preset": "quick" if a.quick else "full",
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": a.device},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
-        "counts_before": bres.get("counts_before"), "counts_after": bres.get("counts_after"),
+        "counts_before": first.get("counts_before"),
+        "counts_after": {n: b.get("counts_after") for n, b in balanced.items()},
         "n_test": info["n_test"], "test_class_counts": info["test_class_counts"],
-        "n_real_train": info["n_real_train"], "n_synthetic_used": info["n_synthetic_used"],
-        "metrics": cres.metrics, "verdict": verdict, "verdicts_f1": verdicts,
-        "quality": {k: q.get(k) for k in ("n_samples", "psnr", "psnr_mask", "ssim", "ssim_mask", "fid",
-                                          "fid_features", "background")}, "timings_s": times,
+        "n_real_train": info["n_real_train"], "metrics": cres.metrics, "comparisons": info["comparisons"],
+        "paired_test": info["paired_test"], "quality": quality, "timings_s": times,
         "total_s": round(time.time() - t_all, 1),
     }
-    (out / "efficacy.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"Phantom data: {a.n_studies} studies; train split {bres.get('counts_before')} -> "
-          f"{bres.get('counts_after')} after balancing; test split {info['test_class_counts']}.")
+    (a.out / "efficacy.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(f"Phantom data: {a.n_studies} studies ({summary['preset']} preset); train split "
+          f"{first.get('counts_before')} -> {first.get('counts_after')} after balancing; test split "
+          f"{info['test_class_counts']}.")
     print(f"ResNet-18, {a.seeds} seeds x {a.epochs} epochs at {a.resolution} px; tiny diffusion model "
-          f"({a.train_steps} training steps per stage, {a.steps} DDIM steps).\n")
-    print(table(cres.metrics))
-    print(f"\n{verdict}.")
-    print(f"\nQuality on {q['n_samples']} held-out diseased test samples (inpainted with their own description): "
-          f"PSNR {q['psnr']['mean']:.2f} dB (inside mask {q['psnr_mask']['mean']:.2f}), SSIM {q['ssim']['mean']:.3f} "
-          f"(inside mask {q['ssim_mask']['mean']:.3f}), FID {q['fid'] if q['fid'] is None else round(q['fid'], 4)} "
-          f"on {q['fid_features']} features; "
-          f"background outside the mask identical to the donor in {q['background']['n_identical_outside_mask']}"
-          f"/{q['background']['n']} synthetic images.")
-    print(f"Report: {out / 'report' / 'summary.md'}; total {summary['total_s']} s.")
+          f"({a.train_steps} training steps per stage), balance at {a.steps} DDIM steps, guidance 7.5, masked "
+          f"blend.\n")
+    print(table(cres.metrics, info["class_names"], info["minority_classes"]))
+    print(f"\nPaired comparisons ({info['paired_test']}):")
+    print("\n".join(verdicts(info["comparisons"])))
+    for name, q in quality.items():
+        print(f"\nQuality {name}: {q['n_samples']} held-out diseased test samples: PSNR {_cell(q['psnr'])} dB "
+              f"(inside mask {_cell(q['psnr_mask'])}), SSIM {_cell(q['ssim'])} (inside mask "
+              f"{_cell(q['ssim_mask'])}); background identical to the donor in "
+              f"{q['background']['n_identical_outside_mask']}/{q['background']['n']} synthetic images.")
+    print(f"\nReport: {a.out / 'report' / 'summary.md'}; total {summary['total_s']} s.")
     return 0
 
 

@@ -26,7 +26,8 @@ def build(
     sigma_mm: Annotated[float, typer.Option(
         "--sigma-mm", help="Gaussian blur sigma in mm (Eq. 1), converted per axis with the pixel spacing. "
         "Default 3 mm: softens the edge over about +-6 mm, a fifth of a lumbar vertebral body, keeping "
-        "its core at 1. 0 = hard mask (the paper's w/o-SMIS ablation).")] = _SIGMA_MM,
+        "its core at 1. 0 = no blur (a 0/1 mask). The paper's w/o-SMIS ablation is `train --mask-mode hard`, "
+        "not this option.")] = _SIGMA_MM,
     box_mm: Annotated[float, typer.Option(
         "--box-mm", help="Side of the square box (mm) centred on x,y for coordinate masks. Default 40 mm: "
         "a lumbar vertebral body is about 30-40 mm wide, so the box covers it (or a disc and both "

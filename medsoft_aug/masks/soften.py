@@ -12,6 +12,8 @@ from scipy import ndimage
 # of view stays fully masked at the border instead of fading towards it.
 BLUR_MODE = "nearest"
 BLUR_TRUNCATE = 4.0  # kernel radius in sigmas (scipy's default)
+MASK_MODES = ("soft", "hard")
+HARD_THRESHOLD = 0.5
 
 
 def _check_spacing(spacing: tuple[float, float]) -> tuple[float, float]:
@@ -47,7 +49,8 @@ def soften(mask: np.ndarray, sigma_mm: float, spacing: tuple[float, float], *,
     """Eq. 1: hard mask -> (optional dilation by ``dilate`` mm) -> Gaussian blur of ``sigma_mm`` mm -> [0, 1].
 
     mask: (H, W) bool or {0,1}. spacing: (row, col) mm per pixel. ``sigma_mm = 0`` gives the (dilated) hard
-    mask as float (the paper's "w/o SMIS" ablation). Returns float32 (H, W) in [0, 1].
+    mask as float (no blur; the paper's "w/o SMIS" ablation is :func:`apply_mask_mode` "hard", applied to these
+    soft masks by train and generation). Returns float32 (H, W) in [0, 1].
     """
     hard = dilate_mm(np.asarray(mask, dtype=bool), dilate, spacing)
     out = hard.astype(np.float32)
@@ -64,3 +67,19 @@ def soften(mask: np.ndarray, sigma_mm: float, spacing: tuple[float, float], *,
         out[tuple(box)] = ndimage.gaussian_filter(out[tuple(box)], sigma=sig, mode=BLUR_MODE,
                                                   truncate=BLUR_TRUNCATE)
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+def apply_mask_mode(mask, mode: str):
+    """The one definition of the mask modes, used wherever a mask acts (train: the model-grid mask, I_m and the
+    Eq. 6 latent weights; generation: I_m, the Eq. 7 latent blend and the pixel composite).
+
+    ``soft``: M_b unchanged (SMIS, the paper). ``hard``: ``M_b >= 0.5`` as 0/1 (the paper's "w/o SMIS"
+    ablation), applied to the soft mask resampled to the grid in use. ``mask``: a numpy array or torch tensor of
+    any shape; returns the same type and dtype.
+    """
+    if mode not in MASK_MODES:
+        raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mode!r}")
+    if mode == "soft":
+        return mask
+    hard = mask >= HARD_THRESHOLD
+    return hard.astype(mask.dtype) if isinstance(mask, np.ndarray) else hard.to(mask.dtype)

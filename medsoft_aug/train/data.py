@@ -3,9 +3,9 @@
 Each item is a dict::
 
     image      (1, R, R) float32 in [0, 1]   the ingested slice x0, resized (bilinear, antialiased)
-    soft_mask  (1, R, R) float32 in [0, 1]   M_b resized with area averaging; in ``hard`` mode the soft mask
-                                             thresholded at 0.5 (the binary mask the blur came from, up to its
-                                             rounded corners) - the paper's "w/o SMIS" ablation
+    soft_mask  (1, R, R) float32 in [0, 1]   M_b resized with area averaging; in ``hard`` mode
+                                             ``masks.soften.apply_mask_mode`` (M_b >= 0.5 as 0/1) - the paper's
+                                             "w/o SMIS" ablation
     text       str                           the row's description; a diseased row without one uses its label
                                              name; normal rows use "" (the same empty text CFG's uncond uses)
     label, sample_id  str;  index  int       position in the dataset (used for per-sample caches)
@@ -24,6 +24,7 @@ import torch
 from ..errors import InputError
 from ..fsutil import load_npy
 from ..geometry import resize_pair
+from ..masks.soften import MASK_MODES, apply_mask_mode
 from ..workdir import describe, normal_class_of, read_index, read_masks
 
 log = logging.getLogger("medsoft_aug.train.data")
@@ -41,7 +42,7 @@ class SliceDataset(torch.utils.data.Dataset):
 
     def __init__(self, work: str | Path, split: str = "train", resolution: int = 64, mask_mode: MaskMode = "soft",
                  diseased_only: bool = False, normal_class: str | None = None):
-        if mask_mode not in ("soft", "hard"):
+        if mask_mode not in MASK_MODES:
             raise InputError(f"mask mode must be soft or hard, got {mask_mode!r}")
         if resolution < 8 or resolution % 8:
             raise InputError(f"resolution must be a positive multiple of 8, got {resolution}")
@@ -79,8 +80,7 @@ class SliceDataset(torch.utils.data.Dataset):
         if image.ndim != 2 or mask.shape != image.shape:
             raise InputError(f"{sid}: slice {image.shape} and mask {mask.shape} must be 2D and the same shape")
         img, msk = resize_pair(image, mask, self.resolution)
-        if self.mask_mode == "hard":
-            msk = (msk >= 0.5).to(msk.dtype)
+        msk = apply_mask_mode(msk, self.mask_mode)
         return {"image": img, "soft_mask": msk, "text": self.texts[i], "label": self.labels[i],
                 "sample_id": sid, "index": i}
 

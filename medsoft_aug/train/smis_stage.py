@@ -2,7 +2,8 @@
 
 One step, per batch of B samples (R = resolution, h = R / VAE factor, C = latent channels):
     z0 = scale * (mu + sigma * n)            (B, C, h, w)  VAE posterior of x0; mu, sigma cached once per sample
-    m_b = area-downsample(M_b)               (B, 1, h, w)  adaptive average pooling of the soft mask
+    m_b = area-downsample(M_b)               (B, 1, h, w)  adaptive average pooling of the soft mask (then
+                                                           M_b >= 0.5 in the "w/o SMIS" hard mask mode)
     eps ~ N(0, I), t ~ U{0..T-1},  z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps    (DDPM forward process)
     CFG dropout, per sample: text only / e_MSC only / both dropped, each with probability 0.05
         (dropped text = the empty-prompt embedding, dropped e_MSC = zeros - the uncond used by generation)
@@ -42,9 +43,12 @@ def masked_noise_loss(pred: torch.Tensor, target: torch.Tensor, m_b: torch.Tenso
     return err.sum() / (m_b.float().sum() * c).clamp_min(1e-8)
 
 
-def latent_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """M_b (B, 1, R, R) -> m_b (B, 1, h, w) by area averaging (exact for integer factors)."""
-    return F.adaptive_avg_pool2d(mask.float(), size)
+def latent_mask(mask: torch.Tensor, size: tuple[int, int], mask_mode: str = "soft") -> torch.Tensor:
+    """M_b (B, 1, R, R) -> m_b (B, 1, h, w) by area averaging (exact for integer factors); in ``hard`` mode then
+    thresholded (``masks.soften.apply_mask_mode``), as generation does for the Eq. 7 blend."""
+    from ..masks.soften import apply_mask_mode
+
+    return apply_mask_mode(F.adaptive_avg_pool2d(mask.float(), size), mask_mode)
 
 
 class SMISTask:
@@ -54,7 +58,8 @@ class SMISTask:
 
     def __init__(self, unet, vae, scheduler, encode_prompt: EncodePrompt, msc_embed: Optional[MSCEmbed], *,
                  train: Trainable = "adapter", p_drop_text: float = 0.05, p_drop_msc: float = 0.05,
-                 p_drop_both: float = 0.05, cache_latents: bool = True, cache_batch: int = 8):
+                 p_drop_both: float = 0.05, cache_latents: bool = True, cache_batch: int = 8,
+                 mask_mode: str = "soft"):
         from ..models.adapter import adapter_parameters, adapter_processors
 
         if train not in ("adapter", "full", "text_kv"):
@@ -66,7 +71,7 @@ class SMISTask:
         self.encode_prompt, self.msc_embed = encode_prompt, msc_embed
         self.p = (p_drop_text, p_drop_msc, p_drop_both)
         self.cache_latents, self.cache_batch = cache_latents, cache_batch
-        self.train_mode = train
+        self.train_mode, self.mask_mode = train, mask_mode
         vae.requires_grad_(False)
         unet.requires_grad_(False)
         if train == "full":
@@ -191,7 +196,7 @@ class SMISTask:
         from ..models.adapter import adapter_kwargs
 
         z0 = self._latents(batch, generator)                                             # (B, C, h, w)
-        m_b = latent_mask(batch["soft_mask"], z0.shape[-2:])                             # (B, 1, h, w)
+        m_b = latent_mask(batch["soft_mask"], z0.shape[-2:], self.mask_mode)            # (B, 1, h, w)
         noise = torch.randn(z0.shape, generator=generator, device=self.device)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (z0.shape[0],), generator=generator,
                           device=self.device)

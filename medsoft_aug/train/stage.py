@@ -314,7 +314,8 @@ def _smis_task(base, enc, msc, opts: TrainOptions):
             return msc(*msc_inputs(enc, images, masks, texts))
 
     mode = "full" if opts.train_unet == "full" else ("text_kv" if opts.no_msc else "adapter")
-    return SMISTask(base.unet, base.vae, base.train_scheduler, base.encode_prompt, msc_embed, train=mode), info
+    return SMISTask(base.unet, base.vae, base.train_scheduler, base.encode_prompt, msc_embed, train=mode,
+                    mask_mode=opts.mask_mode), info
 
 
 def _write_model(out: Path, task, base, base_info: dict, enc, msc, adapter_info, res: int, args: dict,
