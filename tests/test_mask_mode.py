@@ -55,3 +55,92 @@ def test_training_dataset_hard_mode(tmp_path):
     soft = SliceDataset(work, "train", resolution=16)[1]["soft_mask"]
     hard = SliceDataset(work, "train", resolution=16, mask_mode="hard")[1]["soft_mask"]
     assert torch.equal(hard, apply_mask_mode(soft, "hard")) and not torch.equal(hard, soft)
+
+
+# ---------------------------------------------------------------------------------------------- generation
+def _model_copy(src, dst, mode: str):
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "medsoft_model.json").read_text())
+    meta["mask_mode"] = mode                # the same weights; only the recorded mode differs
+    (dst / "medsoft_model.json").write_text(json.dumps(meta))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def balanced(tiny_model_dir, tmp_path_factory):
+    """balance with the same weights and seed, soft vs hard mask mode."""
+    from _balance_helpers import one_thread, write_work
+    from medsoft_aug.generate.stage import balance
+
+    root = tmp_path_factory.mktemp("maskmode")
+    work = write_work(root / "work", {"normal": 3, "benign": 1},
+                      descriptions={"benign": ["bright round lesion"]})
+    outs = {}
+    with one_thread():
+        for mode in ("soft", "hard"):
+            model = _model_copy(tiny_model_dir, root / f"model_{mode}", mode)
+            balance(work, model, root / f"out_{mode}", steps=2, device="cpu", batch_size=2, seed=0)
+            outs[mode] = root / f"out_{mode}"
+    return work, outs
+
+
+def _png(path):
+    from PIL import Image
+
+    return np.asarray(Image.open(path)).astype(np.int64)
+
+
+def test_balance_with_a_hard_model_composites_with_the_hard_mask(balanced):
+    import pandas as pd
+
+    work, outs = balanced
+    masks = pd.read_csv(work / "masks.csv", dtype=str).set_index("sample_id")["mask"]
+    ring_changed = {}
+    for mode, out in outs.items():
+        man = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+        syn = man[man["origin"] == "synthetic"]
+        assert len(syn) == 2
+        ring_changed[mode] = 0
+        for _, r in syn.iterrows():
+            soft = np.load(work / masks[r["donor_id"]])
+            used = np.load(out / r["mask"])
+            assert np.array_equal(used, apply_mask_mode(soft, mode))           # the mask written is the one used
+            img = _png(out / r["image"])
+            donor = _png(out / f"real/{r['donor_id']}.png")                   # the donor, same 16-bit writer
+            ring = (soft > 0) & (soft < 0.5)
+            assert ring.sum() > 20
+            assert np.array_equal(img[soft == 0], donor[soft == 0])
+            ring_changed[mode] += int((img[ring] != donor[ring]).sum())
+            if mode == "hard":
+                assert np.array_equal(img[used == 0], donor[used == 0])        # below 0.5 the donor, exactly
+    assert ring_changed["hard"] == 0 and ring_changed["soft"] > 0              # soft blends the ring, hard not
+    a = [_png(p) for p in sorted((outs["soft"] / "synthetic").rglob("*.png"))]
+    b = [_png(p) for p in sorted((outs["hard"] / "synthetic").rglob("*.png"))]
+    assert any(not np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_hard_mode_blends_latents_with_a_binary_mask(tiny_model_dir, tmp_path):
+    """Eq. 7: a mask whose every latent cell averages below 0.5 is all zero in hard mode, so the final latent is
+    the kept one and the decoded image does not depend on the noise seed; in soft mode it does."""
+    from _balance_helpers import one_thread
+    from medsoft_aug.generate.runner import Generator
+
+    with one_thread():
+        gens = {mode: Generator(_model_copy(tiny_model_dir, tmp_path / mode, mode), device="cpu", steps=2)
+                for mode in ("soft", "hard")}
+        g = gens["soft"]
+        r = g.engine.resolution
+        x0 = torch.rand(2, 1, r, r, generator=torch.Generator().manual_seed(0))
+        mask = torch.zeros(2, 1, r, r)
+        mask[:, :, r // 2, 2:-2] = 1.0                                      # one row: 1/8 of each latent cell
+        text = g.trained.base.encode_prompt(["bright round lesion"] * 2)
+        dec = {}
+        for mode, gen in gens.items():
+            e = gen.e_msc(x0, gen.used_mask(mask), ["bright round lesion"] * 2)
+            dec[mode] = [gen.engine.denoise(x0[:1], mask[:1], text[:1], gen.uncond,
+                                            None if e is None else e[:1], [s], gen.opts) for s in (1, 2)]
+    assert torch.equal(dec["hard"][0], dec["hard"][1])
+    assert not torch.equal(dec["soft"][0], dec["soft"][1])

@@ -29,6 +29,7 @@ from ..errors import InputError, UsageError
 from ..fsutil import atomic_write_csv, atomic_write_json, load_npy
 from ..generate.writers import write_png16
 from ..workdir import check_work, describe, load_pair, normal_class_of
+from ..masks.soften import apply_mask_mode
 from ..progress import ProgressFn, report
 from . import metrics as M
 from .data import load_image, read_manifest, resolve
@@ -177,6 +178,7 @@ def evaluate_quality(work: str | Path, model: str | Path, out: str | Path, *,
     t0 = time.time()
     inpaint, tm, dev = model_inpainter(Path(model), device, batch_size, steps, guidance, trained)
     ncls = normal_class_of(work, normal_class)
+    mask_mode = str(tm.meta.get("mask_mode", "soft"))
     created = not out.exists()
     try:
         originals, fakes, masks_, recs = [], [], [], []
@@ -185,6 +187,7 @@ def evaluate_quality(work: str | Path, model: str | Path, out: str | Path, *,
             imgs, msks = [], []
             for _, r in b.iterrows():
                 img, m = load_pair(work, r["image"], r["mask"], r["sample_id"])
+                m = apply_mask_mode(m, mask_mode)          # the mask generation uses (hard: w/o SMIS)
                 imgs.append(img)
                 msks.append(m)
             prompts = [describe(str(d), str(lab), ncls) for d, lab in zip(b["description"], b["label"])]
@@ -203,13 +206,14 @@ def evaluate_quality(work: str | Path, model: str | Path, out: str | Path, *,
         samples = pd.DataFrame(recs)
         summary: dict[str, Any] = {
             "tool": "medsoft-aug evaluate quality", "version": __version__, "work": str(work), "model": str(model),
-            "n_samples": len(samples), "steps": steps, "guidance": guidance, "seed": seed,
+            "n_samples": len(samples), "steps": steps, "guidance": guidance, "seed": seed, "mask_mode": mask_mode,
             **{k: M.mean_std(samples[k].replace([np.inf], np.nan).dropna().tolist())
                for k in ("psnr", "psnr_mask", "ssim", "ssim_mask")},
             "n_identical": int(np.isinf(samples["psnr"]).sum()),
             **fid_block(originals, fakes, Path(inception_weights) if inception_weights else None,
                         getattr(tm, "encoder", None), dev),
-            "notes": ["psnr_mask / ssim_mask are weighted by the soft mask M_b; outside it the composite equals "
+            "notes": ["psnr_mask / ssim_mask are weighted by the mask generation used (M_b, or M_b >= 0.5 for a "
+                      "--mask-mode hard model); outside it the composite equals "
                       "the original, so whole-image values are higher than inside-mask values",
                       "images in [0, 1] after the ingest window; data_range = 1"],
         }
@@ -228,9 +232,9 @@ def evaluate_quality(work: str | Path, model: str | Path, out: str | Path, *,
         raise
     result = QualityResult(out, _json_safe(summary), samples)
     if report_dir is not None:
-        from .report import write_report
+        from .report import evaluate_report
 
-        write_report(report_dir, quality_out=out)
+        evaluate_report(report_dir, quality_out=out)
     return result
 
 

@@ -257,6 +257,3 @@ def evaluate_report(out: str | Path, classify_out: Optional[str | Path] = None,
     files.append(out / "summary.md")
     log.info("report written to %s (%d files)", out, len(files))
     return files
-
-
-write_report = evaluate_report   # the name evaluate/quality.py calls (kept until quality.py uses the stage name)

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..masks.soften import apply_mask_mode
+
 log = logging.getLogger("medsoft_aug.generate.engine")
 
 
@@ -41,6 +43,8 @@ class SamplingOptions:
     # that dark band (and the black hole it surrounds) is context the UNet never saw in training (it is trained on
     # VAE(x0)); on the tiny demo model it pulls every inpainted lesion darker, whatever the class.
     blend: str = "masked"
+    # "soft" (SMIS) or "hard" (w/o SMIS: masks.soften.apply_mask_mode, M_b >= 0.5, also on the latent grid)
+    mask_mode: str = "soft"
 
 
 def resolve_device(device: str = "auto") -> tuple[torch.device, torch.dtype]:
@@ -169,7 +173,8 @@ class InpaintEngine:
             raise ValueError(f"blend must be 'masked' or 'donor', got {opts.blend!r}")
         keep = x0 * (1.0 - mask) if opts.blend == "masked" else x0                       # I_m (Eq. 2) or x0
         z_m = self.encode(keep).to(dt)                                                   # (B, 4, h, w)
-        m_b = F.interpolate(mask.float(), size=(h, w), mode="area").to(dev, dt)          # (B, 1, h, w)
+        m_b = F.interpolate(mask.float(), size=(h, w), mode="area")                      # (B, 1, h, w)
+        m_b = apply_mask_mode(m_b, opts.mask_mode).to(dev, dt)
         gens, eps = self._noise(seeds, (self.latent_ch, h, w))
         eps = eps.to(dev, dt)
         z = eps * sched.init_noise_sigma

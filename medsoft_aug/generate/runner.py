@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..geometry import resize_pair
+from ..masks.soften import apply_mask_mode
 from .engine import InpaintEngine, SamplingOptions, resolve_device
 
 log = logging.getLogger("medsoft_aug.generate.runner")
@@ -34,7 +35,9 @@ class Generator:
             load_model_dir(Path(model_dir), device=self.device, dtype=self.dtype, base_model=base_model)
         base = self.trained.base
         self.engine = InpaintEngine(base.unet, base.vae, base.inference_scheduler(), base.resolution)
-        self.opts = SamplingOptions(steps=int(steps), guidance=float(guidance), eta=float(eta), blend=blend)
+        self.mask_mode = str(self.trained.meta.get("mask_mode", "soft"))         # recorded by train
+        self.opts = SamplingOptions(steps=int(steps), guidance=float(guidance), eta=float(eta), blend=blend,
+                                    mask_mode=self.mask_mode)
         self.batch_size = int(batch_size)
         self.uncond = base.encode_prompt([""])                                     # (1, L, C)
 
@@ -45,14 +48,21 @@ class Generator:
             return None
         return self.trained.msc_embed(x0.to(self.device), masks.to(self.device), texts)
 
+    def used_mask(self, mask):
+        """The mask generation really uses for a WORK soft mask (numpy or torch): itself (soft) or
+        M_b >= 0.5 (hard, the w/o-SMIS model): what balance writes beside each synthetic image."""
+        return apply_mask_mode(mask, self.mask_mode)
+
     def inpaint(self, donors: Sequence[np.ndarray], masks: Sequence[np.ndarray], prompts: Sequence[str],
                 seeds: Sequence[int]) -> list[np.ndarray]:
         """Inpaint one batch: donors and soft masks (H_b, W_b) in [0, 1] at their native grids, one prompt and
-        seed each -> B float32 arrays (H_b, W_b) in [0, 1], exactly the donor's where the mask is 0."""
+        seed each -> B float32 arrays (H_b, W_b) in [0, 1], exactly the donor's where :meth:`used_mask` is 0.
+        The model's mask mode applies on every grid: native (composite), model (I_m, e_MSC), latent (Eq. 7)."""
         res = self.engine.resolution
+        masks = [self.used_mask(m) for m in masks]
         pairs = [resize_pair(d, m, res) for d, m in zip(donors, masks)]
         x0 = torch.stack([p[0] for p in pairs])                                   # (B, 1, R, R)
-        mr = torch.stack([p[1] for p in pairs])                                   # (B, 1, R, R)
+        mr = self.used_mask(torch.stack([p[1] for p in pairs]))                   # (B, 1, R, R)
         texts = list(prompts)
         text_emb = self.trained.base.encode_prompt(texts)
         e = self.e_msc(x0, mr, texts)

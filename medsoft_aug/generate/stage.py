@@ -7,7 +7,8 @@ OUT layout::
     real/{sample_id}.png              the real normalized slice (16-bit PNG of WORK/slices, [0,1] -> 0..65535)
     real/{sample_id}_mask.npy         its soft mask (when masks.csv has one)
     synthetic/{class}/{id}.png|.nii.gz|.dcm   the synthetic image (--output-format)
-    synthetic/{class}/{id}_mask.npy   the soft mask used (the donor's, float32 (H, W) in [0,1])
+    synthetic/{class}/{id}_mask.npy   the mask used (the donor's soft mask, or M_b >= 0.5 for a --mask-mode hard
+                                      model), float32 (H, W) in [0,1]
 
 Real rows reference copies inside OUT (not WORK) so that OUT is a self-contained dataset. With ``--shard K/N``
 only shard 1 writes the real rows; ``manifest merge`` joins the shards.
@@ -215,7 +216,8 @@ def _generate(job: _Job, gen: Generator, todo: list[PlanItem], rows: dict[str, d
                            [it.seed for it in ok]) if ok else []
         for it, img, (_, msk) in zip(ok, outs, pairs):
             try:
-                rows[it.sample_id] = _write_sample(it, img, msk, by_id.loc[it.donor_id].to_dict(), job)
+                rows[it.sample_id] = _write_sample(it, img, gen.used_mask(msk), by_id.loc[it.donor_id].to_dict(),
+                                                   job)
                 generated += 1
             except InputError as err:
                 failures.add(it.sample_id, str(err))
@@ -231,7 +233,7 @@ def _donor_pair(work: Path, by_id: pd.DataFrame, mask_of: dict, donor_id: str) -
 
 
 def _write_sample(it: PlanItem, img: np.ndarray, msk: np.ndarray, donor: dict, job: _Job) -> dict[str, str]:
-    """Write one synthetic image and its soft mask (each atomically); return its manifest row."""
+    """Write one synthetic image and the mask generation used (each atomically); return its manifest row."""
     out = job.out
     img_rel, mask_rel = synthetic_paths(it.sample_id, it.label, job.fmt)
     write_image(out / img_rel, img, job.fmt, donor, job.fmt_root, sample_id=it.sample_id, description=it.prompt)
