@@ -130,6 +130,7 @@ def write_dicom_derived(path: str | Path, image01: np.ndarray, row: dict[str, An
     """
     from ..io.dicom_pixels import dcmread, has_dicm_preamble
     from ..io.dicom_write import build_derived
+    from ..io.quiet import header_warnings
 
     sid = str(sample_id)
     fmt = str(row.get("source_format", ""))
@@ -143,13 +144,14 @@ def write_dicom_derived(path: str | Path, image01: np.ndarray, row: dict[str, An
     if geom is not None and list(geom.get("out_shape", values.shape)) != list(values.shape):
         raise InputError(f"{sid}: image shape {values.shape} does not match the donor slice {geom['out_shape']}")
     src = Path(images_root) / str(row.get("source", ""))
-    template_path, frame = _template(src, fmt, geom, sid)
-    template = dcmread(template_path, header_only=True, force=not has_dicm_preamble(template_path))
     is_3d = geom is not None and len(geom["in_shape"]) == 3 and geom.get("affine") is not None
     geometry = _dicom_geometry(geom) if is_3d else None
     window = (_float(row, "window_lo", sid), _float(row, "window_hi", sid))
-    ds = build_derived(template, values, sample_id=sid, description=description, derivation=DERIVATION,
-                       geometry=geometry, window=window, frame=frame, deid_version=__version__)
+    with header_warnings(f"{sid}: donor {row.get('sample_id', '?')}"):   # every access to the donor's header
+        template_path, frame = _template(src, fmt, geom, sid)
+        template = dcmread(template_path, header_only=True, force=not has_dicm_preamble(template_path))
+        ds = build_derived(template, values, sample_id=sid, description=description, derivation=DERIVATION,
+                           geometry=geometry, window=window, frame=frame, deid_version=__version__)
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     atomic_write_bytes(path, buf.getvalue())

@@ -125,9 +125,8 @@ def decode_frames(ds, name: str) -> np.ndarray:
     try:
         arr = ds.pixel_array
     except Exception as e:  # noqa: BLE001 - handler errors: truncated data, missing decoder plugin, bad codestream
-        ts = _ts_name(ds)
-        msg = " ".join(str(e).split())[:160]
-        raise InputError(f"{name}: cannot decode DICOM pixel data ({ts}; {type(e).__name__}: {msg})") from e
+        # the library's message is not shown: it may quote header values (privacy rule, io/dicom_write.py)
+        raise InputError(f"{name}: cannot decode DICOM pixel data ({_ts_name(ds)}; {type(e).__name__})") from e
     spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
     n_frames = n_frames_of(ds)
     if spp > 1:
@@ -211,4 +210,5 @@ def _ts_uid(ds) -> str:
 def _ts_name(ds) -> str:
     fm = getattr(ds, "file_meta", None)
     uid = getattr(fm, "TransferSyntaxUID", None) if fm is not None else None
-    return getattr(uid, "name", str(uid)) if uid is not None else "unknown transfer syntax"
+    # only a name from pydicom's dictionary, never the header's text
+    return uid.name if uid is not None and getattr(uid, "is_transfer_syntax", False) else "unknown transfer syntax"

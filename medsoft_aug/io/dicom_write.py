@@ -1,39 +1,178 @@
 """Build de-identified DERIVED DICOM instances from a donor header (used by ``generate/writers.py``).
 
-De-identification follows DICOM PS3.15 Annex E, Basic Application Level Confidentiality Profile, implemented as an
-allow-list: only the non-identifying image attributes in :data:`KEEP` are copied from the donor (no sequences, no
-private tags, no dates or times, no free text, no donor UIDs); patient and study identifiers are replaced by a
-pseudonym derived from the synthetic sample id (a hash, so no donor value survives); Study/Series/SOP Instance and
-Frame of Reference UIDs are new (derived from the sample id and the pixel data, so a rerun gives the same file);
-``PatientIdentityRemoved=YES``, ``DeidentificationMethod`` and its code sequence (113100) are set. The file meta is
-written fresh, uncompressed Explicit VR Little Endian.
+The donor-attribute rule (DICOM PS3.15 Annex E, Basic Application Level Confidentiality Profile, done as an
+allow-list of *checked values*, not of attribute names)
+---------------------------------------------------------------------------------------------------------------
+Any attribute a scanner or a person can type into can carry a name or an ID, whatever its VR (CS included). So:
+
+1. Copied from the donor: only the structural attributes listed in :data:`DONOR_RULE` (image geometry, pixel
+   description, modality, the acquisition physics a reader needs to interpret the image), and only when the
+   value passes its check; a value that fails is dropped (the attribute is then absent), never copied raw.
+
+   - numbers (DS, IS): parsed as numbers, finite, inside the attribute's physical range, and written again by
+     this module (re-encoded; the donor's text is never reused);
+   - coded strings (CS): every value must be one of the standard's defined terms listed here (PS3.3, PS3.16);
+     anything else, and any CS without defined terms (e.g. CT ScanOptions), is dropped.
+   - ``BodyPartExamined`` only from the subset of PS3.16 Annex L terms in :data:`BODY_PARTS`; ``ScanOptions``
+     only for MR, from its defined terms; ``ConvolutionKernel`` (SH, vendor text) and ``ImagedNucleus`` never.
+2. Generated: SOP class (from a fixed table of the donor's class, else Secondary Capture), Modality (the SOP
+   class's, or a defined term), Study/Series/SOP Instance and Frame of Reference UIDs (new, derived from the
+   sample id and the pixel data, so a rerun gives the same file), patient name/ID (a hash of the synthetic
+   sample id), ImageType, Series/Instance numbers, the pixel module (from the written pixels), geometry
+   (ImageOrientation/Position, PixelSpacing: from ingest's recorded geometry, or the donor's parsed numbers),
+   the display window (ingest's window), de-identification attributes (PatientIdentityRemoved, method + code
+   113100), DerivationDescription, ImageComments (the lesion description given to the model).
+3. Everything else is absent: free text of any VR (LO, SH, LT, ST, UT, UC, PN, AE, UR), dates, times, ages,
+   donor UIDs, sequences, private tags, the donor's file meta and character set (only ASCII is written).
+
+The file meta is written fresh, uncompressed Explicit VR Little Endian. Library warnings raised while reading
+the donor quote values: :func:`medsoft_aug.io.quiet.header_warnings` reports them without.
 """
 from __future__ import annotations
 
 import hashlib
-from typing import Optional
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 
 from .dicom_pixels import attr, floats, rescale, stored_range
 
-#: donor attributes copied as they are (all non-identifying under the Basic Profile; no dates, names, free text)
-KEEP = (
-    "SpecificCharacterSet", "Modality", "SeriesNumber", "InstanceNumber", "AcquisitionNumber", "PatientOrientation",
-    "PatientPosition", "BodyPartExamined", "ImageLaterality", "Laterality", "BurnedInAnnotation",
-    "Manufacturer", "SliceThickness", "SpacingBetweenSlices",
-    "ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType", "RepetitionTime",
-    "EchoTime", "EchoTrainLength", "EchoNumbers", "InversionTime", "FlipAngle", "MagneticFieldStrength",
-    "ImagingFrequency", "ImagedNucleus", "NumberOfAverages", "PixelBandwidth",
-    "KVP", "ConvolutionKernel", "XRayTubeCurrent", "ExposureTime", "Exposure", "RescaleType",
-)
-#: multi-frame-only storage classes and the single-frame class a derived slice of them is written as
-_SINGLE_FRAME_CLASS = {
-    "1.2.840.10008.5.1.4.1.1.4.1": "1.2.840.10008.5.1.4.1.1.4",    # Enhanced MR -> MR Image
-    "1.2.840.10008.5.1.4.1.1.2.1": "1.2.840.10008.5.1.4.1.1.2",    # Enhanced CT -> CT Image
+
+@dataclass(frozen=True)
+class Number:
+    """A numeric attribute: every value parsed, finite and in [lo, hi]; re-encoded as DS or IS."""
+
+    lo: float
+    hi: float
+    integer: bool = False
+    max_values: int = 1
+
+    def check(self, value: Any) -> Optional[list]:
+        values = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" \
+            else [value]
+        if not 1 <= len(values) <= self.max_values:
+            return None
+        out = []
+        for v in values:
+            try:
+                f = float(str(v).strip())
+            except (TypeError, ValueError):
+                return None
+            if not (math.isfinite(f) and self.lo <= f <= self.hi) or (self.integer and f != int(f)):
+                return None
+            out.append(int(f) if self.integer else _ds(f))
+        return out
+
+
+@dataclass(frozen=True)
+class Terms:
+    """A coded string: every value one of ``terms`` (the standard's defined terms), else dropped."""
+
+    terms: frozenset
+    max_values: int = 1
+
+    def check(self, value: Any) -> Optional[list]:
+        values = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" \
+            else [value]
+        if not 1 <= len(values) <= self.max_values:
+            return None
+        out = [str(v).strip().upper() for v in values]
+        return out if all(v in self.terms for v in out) else None
+
+
+def _terms(text: str) -> frozenset:
+    return frozenset(text.split())
+
+
+#: PS3.16 Annex L (Correspondence of Anatomic Region Codes and Body Part Examined defined terms), the subset a
+#: spine study can carry; other terms are dropped
+BODY_PARTS = _terms("SPINE CSPINE TSPINE LSPINE SSPINE COCCYX CTSPINE TLSPINE LSSPINE NECK CHEST ABDOMEN "
+                    "ABDOMENPELVIS CHESTABDOMEN CHESTABDPELVIS PELVIS SACRUM WHOLEBODY HEAD BRAIN")
+#: PS3.3 C.7.3.1.1.1 Modality defined terms (those of images)
+MODALITIES = _terms("CR CT DX ES IO MG MR NM OT PT RF RG SC US XA XC PX")
+MR_SCAN_OPTIONS = _terms("PER RG CG PPG FC PFF PFP SP FS")
+
+#: donor attributes copied when their value passes the check (see the module docstring); the functional-group
+#: sequence is consulted first for enhanced multi-frame donors
+DONOR_RULE: dict[str, tuple[Any, Optional[str]]] = {
+    "PatientPosition": (Terms(_terms("HFP HFS HFDR HFDL FFDR FFDL FFP FFS LFP LFS RFP RFS AFDR AFDL PFDR PFDL")),
+                        None),
+    "BodyPartExamined": (Terms(BODY_PARTS), None),
+    "ImageLaterality": (Terms(_terms("R L U B")), None),
+    "Laterality": (Terms(_terms("R L")), None),
+    "BurnedInAnnotation": (Terms(_terms("YES NO")), None),
+    "SliceThickness": (Number(0.0, 1000.0), "PixelMeasuresSequence"),
+    "SpacingBetweenSlices": (Number(-1000.0, 1000.0), None),
+    # MR acquisition physics (PS3.3 C.8.3.1)
+    "ScanningSequence": (Terms(_terms("SE IR GR EP RM"), 5), None),
+    "SequenceVariant": (Terms(_terms("SK MTC SS TRSS SP MP OSP NONE"), 8), None),
+    "MRAcquisitionType": (Terms(_terms("2D 3D")), None),
+    "RepetitionTime": (Number(0.0, 1e6), None),
+    "EchoTime": (Number(0.0, 1e5), None),
+    "InversionTime": (Number(0.0, 1e6), None),
+    "EchoTrainLength": (Number(0, 1e5, integer=True), None),
+    "EchoNumbers": (Number(0, 1e4, integer=True, max_values=16), None),
+    "FlipAngle": (Number(0.0, 360.0), None),
+    "MagneticFieldStrength": (Number(0.0, 30.0), None),
+    "ImagingFrequency": (Number(0.0, 2000.0), None),
+    "NumberOfAverages": (Number(0.0, 1e4), None),
+    "PixelBandwidth": (Number(0.0, 1e7), None),
+    # CT acquisition physics (PS3.3 C.8.2.1)
+    "KVP": (Number(0.0, 1000.0), None),
+    "XRayTubeCurrent": (Number(0, 1e6, integer=True), None),
+    "ExposureTime": (Number(0, 1e8, integer=True), None),
+    "Exposure": (Number(0, 1e8, integer=True), None),
 }
+MR_IMAGE, CT_IMAGE = "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.2"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-DEID_METHOD = "PS3.15 E.1 Basic Profile allow-list; dates removed"
+#: donor SOP class -> (class written, modality); any other class gives Secondary Capture
+SOP_CLASSES = {
+    MR_IMAGE: (MR_IMAGE, "MR"), "1.2.840.10008.5.1.4.1.1.4.1": (MR_IMAGE, "MR"),      # (Enhanced) MR Image
+    CT_IMAGE: (CT_IMAGE, "CT"), "1.2.840.10008.5.1.4.1.1.2.1": (CT_IMAGE, "CT"),      # (Enhanced) CT Image
+}
+DEID_METHOD = "PS3.15 E.1 Basic Profile; checked allow-list; dates removed"
+
+
+def checked_donor_attributes(template, frame: int = 0) -> dict[str, Any]:
+    """The donor attributes that pass :data:`DONOR_RULE`'s checks, as values this module re-encoded."""
+    sop, modality = sop_class_and_modality(template)
+    out: dict[str, Any] = {}
+    for kw, (check, seq) in DONOR_RULE.items():
+        if modality != "MR" and kw in ("ScanningSequence", "SequenceVariant", "MRAcquisitionType"):
+            continue
+        try:
+            raw = attr(template, kw, frame, seq)
+            value = None if raw is None else check.check(raw)
+        except Exception:  # noqa: BLE001 - any value pydicom cannot even convert is dropped, never shown
+            value = None
+        if value is not None:
+            out[kw] = value[0] if len(value) == 1 else value
+    if modality == "MR":
+        try:
+            opts = Terms(MR_SCAN_OPTIONS, 9).check(attr(template, "ScanOptions"))
+        except Exception:  # noqa: BLE001
+            opts = None
+        if opts is not None:
+            out["ScanOptions"] = opts[0] if len(opts) == 1 else opts
+    return out
+
+
+def sop_class_and_modality(template) -> tuple[str, str]:
+    """(SOP class UID written, Modality written): a fixed table of the donor's class, else Secondary Capture
+    with the donor's Modality when it is a defined term (else OT)."""
+    try:
+        donor_class = str(getattr(template, "SOPClassUID", "") or "").strip()
+    except Exception:  # noqa: BLE001
+        donor_class = ""
+    if donor_class in SOP_CLASSES:
+        return SOP_CLASSES[donor_class]
+    try:
+        mod = Terms(MODALITIES).check(getattr(template, "Modality", None))
+    except Exception:  # noqa: BLE001
+        mod = None
+    return SECONDARY_CAPTURE, (mod[0] if mod else "OT")
 
 
 def pseudonym(sample_id: str) -> str:
@@ -91,65 +230,35 @@ def build_derived(template, physical: np.ndarray, *, sample_id: str, description
                   deid_version: str = ""):
     """A new de-identified DERIVED\\SECONDARY dataset holding ``physical`` (rows, cols) in the donor's units.
 
+    Only what the module's donor-attribute rule allows comes from ``template``; see the module docstring.
+
     Args:
         template: donor dataset (header; its pixels are not used).
         physical: (rows, cols) values in the reader's physical units (rescaled, MONOCHROME1 already inverted).
         sample_id: synthetic sample id (pseudonym and UID source).
         description: lesion description, written to ImageComments.
         derivation: DerivationDescription text naming the method and version.
-        geometry: {"iop": 6 floats, "ipp": 3 floats (LPS mm), "pixel_spacing": (row_mm, col_mm)} or None.
+        geometry: {"iop": 6 floats, "ipp": 3 floats (LPS mm), "pixel_spacing": (row_mm, col_mm)} or None
+            (then the donor's ImageOrientation/Position and PixelSpacing, parsed as numbers).
         window: (lo, hi) display window in physical units (written as WindowCenter/Width).
-        frame: donor frame whose rescale applies (multi-frame donors).
+        frame: donor frame whose rescale and geometry apply (multi-frame donors).
     """
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.sequence import Sequence
     from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
 
     stored, pix = stored_values(template, physical, frame)
-    ds = Dataset()
-    for kw in KEEP:
-        value = attr(template, kw, frame, "PixelMeasuresSequence" if kw == "SliceThickness" else None)
-        if value is not None and not isinstance(value, Sequence):
-            setattr(ds, kw, value)
-    donor_class = str(getattr(template, "SOPClassUID", "") or "")
-    if int(getattr(template, "NumberOfFrames", 1) or 1) > 1:
-        donor_class = _SINGLE_FRAME_CLASS.get(donor_class, SECONDARY_CAPTURE)
-    ds.SOPClassUID = donor_class or SECONDARY_CAPTURE
     data = np.ascontiguousarray(stored).tobytes()
-    ds.SOPInstanceUID = derived_uid(sample_id, "sop", data)
-    ds.StudyInstanceUID = derived_uid(sample_id, "study", data)
-    ds.SeriesInstanceUID = derived_uid(sample_id, "series", data)
-    ds.FrameOfReferenceUID = derived_uid(sample_id, "frame-of-reference", data)
-    # identifiers replaced (Z: empty, D: dummy); dates and times removed entirely
-    ds.PatientName = ds.PatientID = pseudonym(sample_id)
-    for kw in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
-               "AccessionNumber", "PositionReferenceIndicator"):
-        setattr(ds, kw, "")
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = f"{DEID_METHOD}; medsoft-aug {deid_version}".strip()[:64]
-    code = Dataset()
-    code.CodeValue, code.CodingSchemeDesignator = "113100", "DCM"
-    code.CodeMeaning = "Basic Application Confidentiality Profile"
-    ds.DeidentificationMethodCodeSequence = Sequence([code])
-    ds.LongitudinalTemporalInformationModified = "REMOVED"
+    ds = Dataset()
+    ds.SOPClassUID, ds.Modality = sop_class_and_modality(template)
+    for kw, value in checked_donor_attributes(template, frame).items():
+        setattr(ds, kw, value)
+    _identity(ds, sample_id, data, deid_version)
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.DerivationDescription = derivation
-    ds.SeriesDescription = "medsoft-aug synthetic"
     if description:
         ds.ImageComments = str(description)[:10240]
-    if geometry is not None:
-        ds.ImageOrientationPatient = [_ds(v) for v in geometry["iop"]]
-        ds.ImagePositionPatient = [_ds(v) for v in geometry["ipp"]]
-        ds.PixelSpacing = [_ds(v) for v in geometry["pixel_spacing"]]
-    else:
-        for kw in ("ImageOrientationPatient", "ImagePositionPatient"):
-            v = floats(attr(template, kw, frame, "PlaneOrientationSequence" if "Orient" in kw
-                            else "PlanePositionSequence"), 6 if "Orient" in kw else 3)
-            if v is not None:
-                setattr(ds, kw, [_ds(x) for x in v])
-        ps = floats(attr(template, "PixelSpacing", frame, "PixelMeasuresSequence"), 2)
-        if ps is not None:
-            ds.PixelSpacing = [_ds(x) for x in ps]
+    for kw, value in plane_attributes(template, geometry, frame).items():
+        setattr(ds, kw, value)
     offset = pix.pop("_window_offset")
     lo, hi = window
     center = (lo + hi) / 2.0 if offset is None else offset - (lo + hi) / 2.0
@@ -166,6 +275,52 @@ def build_derived(template, physical: np.ndarray, *, sample_id: str, description
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     return ds
+
+
+def plane_attributes(template, geometry: Optional[dict], frame: int = 0) -> dict[str, list[str]]:
+    """ImageOrientationPatient / ImagePositionPatient / PixelSpacing as re-encoded numbers: from ``geometry``
+    (ingest's record) when given, else the donor's values when they parse as finite numbers."""
+    if geometry is not None:
+        return {"ImageOrientationPatient": [_ds(v) for v in geometry["iop"]],
+                "ImagePositionPatient": [_ds(v) for v in geometry["ipp"]],
+                "PixelSpacing": [_ds(v) for v in geometry["pixel_spacing"]]}
+    out = {}
+    for kw, seq, n in (("ImageOrientationPatient", "PlaneOrientationSequence", 6),
+                       ("ImagePositionPatient", "PlanePositionSequence", 3),
+                       ("PixelSpacing", "PixelMeasuresSequence", 2)):
+        try:
+            v = floats(attr(template, kw, frame, seq), n)
+        except Exception:  # noqa: BLE001 - unconvertible values are dropped, never shown
+            v = None
+        if v is not None and (kw != "PixelSpacing" or bool(np.all(v > 0))):
+            out[kw] = [_ds(x) for x in v]
+    return out
+
+
+def _identity(ds, sample_id: str, data: bytes, deid_version: str) -> None:
+    """Generated identity: new UIDs, pseudonymous patient, empty study identifiers, de-identification record."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds.SOPInstanceUID = derived_uid(sample_id, "sop", data)
+    ds.StudyInstanceUID = derived_uid(sample_id, "study", data)
+    ds.SeriesInstanceUID = derived_uid(sample_id, "series", data)
+    ds.FrameOfReferenceUID = derived_uid(sample_id, "frame-of-reference", data)
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    # identifiers replaced (Z: empty, D: dummy); dates and times removed entirely
+    ds.PatientName = ds.PatientID = pseudonym(sample_id)
+    for kw in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+               "AccessionNumber", "PositionReferenceIndicator"):
+        setattr(ds, kw, "")
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = f"{DEID_METHOD}; medsoft-aug {deid_version}".strip()[:64]
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator = "113100", "DCM"
+    code.CodeMeaning = "Basic Application Confidentiality Profile"
+    ds.DeidentificationMethodCodeSequence = Sequence([code])
+    ds.LongitudinalTemporalInformationModified = "REMOVED"
+    ds.SeriesDescription = "medsoft-aug synthetic"
+    ds.Manufacturer = "medsoft-aug"
 
 
 def _ds(v: float) -> str:

@@ -20,6 +20,7 @@ from ..errors import InputError
 from .dicom import read_dicom_file, read_dicom_series
 from .dicom_pixels import has_dicm_preamble
 from .nifti import read_nifti
+from .quiet import header_warnings
 from .raster import RASTER_SUFFIXES, read_raster
 from .types import ImageData
 
@@ -45,7 +46,8 @@ def read_image(path: str | Path, *, label_map: bool = False) -> ImageData:
     """
     p = Path(path)
     if p.is_dir():
-        return read_dicom_series(p, label_map=label_map)
+        with header_warnings(p.name):          # library warnings quote header values: reported without them
+            return read_dicom_series(p, label_map=label_map)
     if not p.exists():
         raise InputError(f"{p}: file not found")
     if not p.is_file():
@@ -56,5 +58,6 @@ def read_image(path: str | Path, *, label_map: bool = False) -> ImageData:
     if name.endswith(RASTER_SUFFIXES):
         return read_raster(p, label_map=label_map)
     if name.endswith(".dcm") or has_dicm_preamble(p):
-        return read_dicom_file(p, label_map=label_map)
+        with header_warnings(p.name):
+            return read_dicom_file(p, label_map=label_map)
     raise InputError(f"{p.name}: unsupported image type (expected {SUPPORTED})")
