@@ -18,14 +18,23 @@ Columns (``MANIFEST_COLUMNS``)::
     format         png | nifti | dicom
     sha256         of the image file
 
-Written atomically; ``merge_manifests`` joins shard outputs with paths rebased to the merged file's folder.
+Written atomically, once, when a run (or a shard) is complete; ``merge_manifests`` joins shard outputs with paths
+rebased to the merged file's folder.
+
+While a run is going, its rows go to the resume ledger (:class:`Ledger`, ``OUT/.ledger.jsonl``): one JSON object
+(a manifest row) per line, appended after each batch and fsync'd, so recording a batch costs O(batch) whatever the
+size of the dataset, and a pipeline waiting for ``manifest.csv`` never reads a partial one. A line torn by a kill
+(the last one, without its newline) is ignored and cut off before the next append; a later line for the same
+``sample_id`` replaces an earlier one.
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import pandas as pd
 
@@ -34,6 +43,8 @@ from .fsutil import atomic_write_csv
 
 MANIFEST_COLUMNS = ["sample_id", "patient_id", "split", "label", "origin", "image", "mask", "donor_id", "prompt",
                     "seed", "model", "model_sha256", "steps", "guidance", "eta", "format", "sha256"]
+LEDGER_FILE = ".ledger.jsonl"
+log = logging.getLogger("medsoft_aug.manifest")
 # Columns that may legitimately differ between two copies of the same row (paths depend on the folder).
 _PATH_COLUMNS = ("image", "mask")
 
@@ -68,6 +79,72 @@ def read_manifest(path: str | Path, required: Sequence[str] = tuple(MANIFEST_COL
     if missing:
         raise InputError(f"manifest {p} is missing columns: {', '.join(missing)}")
     return df
+
+
+class Ledger:
+    """Append-only resume ledger of manifest rows (see the module docstring). Use as a context manager::
+
+        with Ledger(out / LEDGER_FILE, reset=force) as ledger:
+            ledger.append(rows_of_one_batch)
+    """
+
+    def __init__(self, path: str | Path, reset: bool = False):
+        self.path = Path(path)
+        self._fh: Optional[Any] = None
+        self.reset = reset
+
+    @staticmethod
+    def read(path: str | Path) -> dict[str, dict[str, str]]:
+        """Rows by sample_id ({} when there is no ledger); a torn last line is ignored, a damaged line skipped."""
+        path = Path(path)
+        if not path.is_file():
+            return {}
+        rows: dict[str, dict[str, str]] = {}
+        lines = path.read_bytes().split(b"\n")
+        for i, line in enumerate(lines[:-1], 1):                 # lines[-1]: after the last newline (torn or b"")
+            try:
+                row = json.loads(line)
+                rows[str(row["sample_id"])] = {c: str(row.get(c, "")) for c in MANIFEST_COLUMNS}
+            except (ValueError, KeyError, TypeError):
+                log.warning("%s: line %d is damaged; its sample will be redone", path.name, i)
+        return rows
+
+    def __enter__(self) -> "Ledger":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.reset:
+            self.path.unlink(missing_ok=True)
+        self._fh = open(self.path, "ab")
+        size = self._fh.seek(0, os.SEEK_END)
+        if size:                                                 # cut a torn last line before appending
+            with open(self.path, "rb") as fh:
+                fh.seek(max(0, size - (1 << 20)))
+                tail = fh.read()
+            keep = size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else self._whole_lines_end()
+            if keep != size:
+                self._fh.truncate(keep)
+                self._fh.seek(keep)
+        return self
+
+    def _whole_lines_end(self) -> int:
+        data = self.path.read_bytes()
+        return data.rfind(b"\n") + 1
+
+    def append(self, rows: Iterable[dict]) -> None:
+        """Append rows (one line each) and make them durable (flush + fsync) before returning."""
+        if self._fh is None:
+            raise RuntimeError("ledger not open")
+        data = b"".join(json.dumps({c: str(r.get(c, "")) for c in MANIFEST_COLUMNS}, ensure_ascii=False)
+                        .encode("utf-8") + b"\n" for r in rows)
+        if not data:
+            return
+        self._fh.write(data)
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def __exit__(self, *exc) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
 
 @dataclass

@@ -7,10 +7,11 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 
 from medsoft_aug.fsutil import sha256_file
-from medsoft_aug.manifest import read_manifest
+from medsoft_aug.manifest import LEDGER_FILE, Ledger, read_manifest
 
 from _balance_helpers import write_work
 
@@ -28,19 +29,17 @@ def test_sigkill_then_rerun_completes(tmp_path, tiny_model_dir):
     deadline = time.time() + 240
     n_syn = 0
     while time.time() < deadline and proc.poll() is None:
-        if (out / "manifest.csv").is_file():
-            try:
-                n_syn = int((read_manifest(out / "manifest.csv").origin == "synthetic").sum())
-            except Exception:  # noqa: BLE001 - only a complete (renamed) file is ever read; retry otherwise
-                n_syn = 0
-            if n_syn >= 2:
-                break
+        assert not (out / "manifest.csv").exists()         # manifest.csv means complete: never while running
+        n_syn = sum(r["origin"] == "synthetic" for r in Ledger.read(out / LEDGER_FILE).values())
+        if n_syn >= 2:
+            break
         time.sleep(0.05)
     if proc.poll() is not None:
         pytest.fail(f"balance ended before it could be killed: {proc.stderr.read().decode()[-500:]}")
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
-    man = read_manifest(out / "manifest.csv")
+    assert not (out / "manifest.csv").exists()
+    man = pd.DataFrame(list(Ledger.read(out / LEDGER_FILE).values()))
     syn = man[man.origin == "synthetic"]
     assert 2 <= len(syn) < 13
     for _, r in man.iterrows():                        # every listed file is whole

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from medsoft_aug.cli.app import app
 from medsoft_aug.fsutil import sha256_file
-from medsoft_aug.manifest import MANIFEST_COLUMNS, merge_manifests, read_manifest
+from medsoft_aug.manifest import LEDGER_FILE, MANIFEST_COLUMNS, Ledger, merge_manifests, read_manifest
 
 from _balance_helpers import one_thread, write_work
 
@@ -113,7 +113,8 @@ def test_resume_after_kill_and_shards_give_the_same_images(env, monkeypatch):
     monkeypatch.setattr(stage, "_write_sample", dying_write)
     r = _run(env.work, "--model", env.model, "--out", out, "--steps", "2", "--batch-size", "2", "--device", "cpu")
     assert r.exit_code == 130
-    man = read_manifest(out / "manifest.csv")
+    assert not (out / "manifest.csv").exists()              # manifest.csv means complete
+    man = pd.DataFrame(list(Ledger.read(out / LEDGER_FILE).values()))
     syn = man[man.origin == "synthetic"]
     assert len(syn) == 2                                    # only whole batches are listed
     assert all(sha256_file(out / p) == s for p, s in zip(syn.image, syn.sha256))

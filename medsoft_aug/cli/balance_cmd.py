@@ -51,6 +51,9 @@ def balance_command(
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the plan as JSON (counts before/after, donors, prompts); load no model, write "
         "nothing.")] = False,
+    max_synthetic: Annotated[Optional[int], typer.Option(
+        "--max-synthetic", help="Largest plan allowed (default: 100x the train split; a larger plan is refused "
+        "before anything is built).")] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Regenerate everything, even into an OUT holding a run with other options.")] = False,
     normal_class: Annotated[Optional[str], typer.Option(
@@ -75,7 +78,8 @@ def balance_command(
                           prompt_mode=prompt_mode, seed=seed, steps=steps, guidance=guidance, eta=eta,
                           batch_size=batch_size, device=device, output_format=output_format, shard=shard,
                           dry_run=dry_run, force=force, normal_class=normal_class, images_root=images,
-                          base_model=base_model, blend=blend, on_progress=on_progress)
+                          base_model=base_model, blend=blend, max_synthetic=max_synthetic,
+                          on_progress=on_progress)
         except PartialFailure as e:
             if json_out and e.result is not None:
                 print_json(e.result)

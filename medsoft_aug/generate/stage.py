@@ -13,17 +13,25 @@ OUT layout::
 Real rows reference copies inside OUT (not WORK) so that OUT is a self-contained dataset. With ``--shard K/N``
 only shard 1 writes the real rows; ``manifest merge`` joins the shards.
 
-Resume: the manifest is the ledger. It is rewritten atomically after every batch and lists only samples whose
+Resume: while the run goes, finished samples are appended to the resume ledger ``OUT/.ledger.jsonl``
+(``manifest.Ledger``: one row per line, fsync'd after each batch, O(batch) per batch); it lists only samples whose
 image and mask were fully written (each by temp file + rename), so a killed run never lists a half-written image.
-A rerun with the same options skips every listed sample whose file still has its recorded sha256, and when
-nothing is left to do it writes nothing at all. A different set of options in an existing OUT is refused unless
-``force``.
+``manifest.csv`` means complete: it is removed when a run starts work and written once, by
+:func:`write_final_manifest`, when the run (or shard) has finished (complete, or partial with the failures in
+balance.json); files under ``real/`` and ``synthetic/`` that it does not list (a previous run's, e.g. before
+``--force`` with a smaller plan) are removed then. A rerun with the same options skips every listed sample whose
+file still has its recorded sha256, and when nothing is left to do it writes nothing at all. A different set of
+options in an existing OUT is refused unless ``force``.
+
+Real rows are copied once per OUT: slices are written as 16-bit PNG by a few threads, soft masks are hard-linked
+from WORK where the bytes would be identical (copied otherwise, e.g. across file systems).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -35,11 +43,11 @@ import pandas as pd
 
 from .. import __version__
 from ..errors import FailureList, InputError, ModelError, PartialFailure, UsageError
-from ..fsutil import atomic_save_npy, atomic_write_json, load_npy, sha256_file
-from ..manifest import MANIFEST_COLUMNS, read_manifest, write_manifest
+from ..fsutil import atomic_path, atomic_save_npy, atomic_write_json, load_npy, sha256_file
+from ..manifest import LEDGER_FILE, MANIFEST_COLUMNS, Ledger, read_manifest, write_manifest
 from ..progress import ProgressFn, report
 from ..workdir import check_work, images_root_of, load_pair, normal_class_of
-from .plan import BalancePlan, PlanItem, parse_shard, plan_balance, shard_items
+from .plan import BalancePlan, PlanItem, parse_shard, plan_balance
 from .prompts import load_prompts
 from .writers import FORMATS, synthetic_paths, write_image, write_png16
 
@@ -72,27 +80,28 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
             guidance: float = 7.5, eta: float = 0.0, batch_size: int = 8, device: str = "auto",
             output_format: str = "png", shard: Optional[str] = None, dry_run: bool = False, force: bool = False,
             normal_class: Optional[str] = None, images_root: Optional[str | Path] = None,
-            base_model: Optional[str] = None, blend: str = "masked",
+            base_model: Optional[str] = None, blend: str = "masked", max_synthetic: Optional[int] = None,
             on_progress: ProgressFn = None) -> dict[str, Any]:
     """Balance every disease class of WORK's train split to ``target_ratio`` x normal by soft-mask inpainting.
 
-    Returns a JSON-ready summary (``dry_run``: the plan only). Raises UsageError (bad options), InputError /
-    ModelError (bad WORK, model or OUT; nothing written), PartialFailure (some samples failed; the rest are
-    written and listed). ``base_model`` overrides the base recorded in MODEL_DIR (its hash must match).
-    ``blend``: latent kept outside the mask in Eq. 7, ``masked`` = VAE(I_m) (paper) or ``donor`` = VAE(x0)."""
+    Returns a JSON-ready summary (``dry_run``: the plan only). Raises UsageError, InputError / ModelError (bad
+    WORK, model or OUT; nothing written), PartialFailure (some samples failed; the rest written and listed).
+    ``base_model`` overrides MODEL_DIR's base (same hash); ``blend``: Eq. 7's latent outside the mask,
+    ``masked`` = VAE(I_m) (paper) or ``donor`` = VAE(x0); ``max_synthetic``: see plan.py."""
     # 1. Options, WORK and the plan (a dry run stops here: no model loaded, nothing written).
     work = Path(work)
     _check_options(output_format, blend, steps, batch_size, guidance, eta)
     (k, n), (index, masks) = parse_shard(shard), check_work(work)
-    ncls = normal_class_of(work, normal_class)
-    plan = plan_balance(index, masks, normal_class=ncls, ratio=target_ratio, classes=classes,
-                        prompts=load_prompts(prompts), prompt_mode=prompt_mode, seed=seed)
-    items = shard_items(plan.items, k, n)
+    plan = plan_balance(index, masks, normal_class=(ncls := normal_class_of(work, normal_class)),
+                        ratio=target_ratio, classes=classes,
+                        prompts=load_prompts(prompts), prompt_mode=prompt_mode, seed=seed,
+                        max_synthetic=max_synthetic, output_format=output_format)
+    items = list(plan.iter_items(k, n))
     if dry_run:
         return {"dry_run": True, "shard": f"{k}/{n}", "n_in_shard": len(items), **plan.to_dict()}
     # 2. MODEL_DIR, OUT and the source images a DICOM output needs.
     model_dir, out, fmt_root = _check_targets(work, model, out, output_format, images_root)
-    model_sha = model_dir_sha256(model_dir)
+    model_sha, warnings = model_dir_sha256(model_dir), _work_warnings(model_dir, work)
     # 3. The run's fingerprint, and what a previous run with the same one already wrote.
     opts = {"target_ratio": float(target_ratio), "classes": list(classes or []), "prompts": str(prompts or ""),
             "prompt_mode": prompt_mode, "seed": int(seed), "steps": int(steps), "guidance": float(guidance),
@@ -105,23 +114,21 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
     rows, real_ids = ({} if force else _verified_rows(out, prev)), (list(index["sample_id"]) if k == 1 else [])
     todo = [it for it in items if not _done(rows.get(it.sample_id), it, consts)]
     real_todo = [s for s in real_ids if s not in rows]
-    if not todo and not real_todo and prev.get("status") == "complete":                  # nothing left to do
+    if not todo and not real_todo and prev.get("status") == "complete" and (out / "manifest.csv").is_file():
         return _summary(plan, items, prev, out, generated=0, skipped=len(items), failures=[])
     # 4. Load the model before creating anything: a bad model writes nothing (torch is not needed before).
-    from .runner import Generator
     t0 = time.time()
-    gen = Generator(model_dir, device=device, batch_size=batch_size, steps=steps, guidance=guidance, eta=eta,
-                    base_model=base_model, blend=blend) if todo else None
-    load_s = time.time() - t0
-    # 5. Real rows, then synthetic samples batch by batch (the manifest is rewritten after each batch).
+    gen, load_s = _load_generator(todo, model_dir, device=device, batch_size=batch_size, steps=steps,
+                                  guidance=guidance, eta=eta, base_model=base_model, blend=blend)
+    # 5. Real rows, then synthetic samples batch by batch (each batch appended to the resume ledger).
     job = _Job(work, index, masks, out, output_format, fmt_root, consts, on_progress, created=not out.exists())
-    keep = {it.sample_id for it in items} | set(real_ids)
-    rows = {s: r for s, r in rows.items() if s in keep}
-    generated, gen_s, failures = _write_outputs(job, gen, fingerprint, rows, todo, real_todo)
-    # 6. The run record, then the summary (or the failure).
-    record = _record(fingerprint, opts, work, model_dir, plan, (k, n, len(items)), generated,
-                     len(items) - len(todo), failures, (load_s, gen_s, time.time() - t0))
+    rows = {s: r for s, r in rows.items() if s in {it.sample_id for it in items} | set(real_ids)}
+    generated, gen_s, failures = _write_outputs(job, gen, fingerprint, rows, todo, real_todo, force or not prev)
+    # 6. The run record, then manifest.csv (written once, last: it means the run has finished), the summary.
+    record = {**_record(fingerprint, opts, work, model_dir, plan, (k, n, len(items)), generated,
+                        len(items) - len(todo), failures, (load_s, gen_s, time.time() - t0)), "warnings": warnings}
     atomic_write_json(out / "balance.json", record)
+    write_final_manifest(out, rows)
     summary = _summary(plan, items, record, out, generated=generated, skipped=len(items) - len(todo),
                        failures=failures.items)
     _raise_failures(failures, generated, len(items) - len(todo), len(todo), job, summary)
@@ -129,6 +136,14 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------
+def _load_generator(todo: list[PlanItem], model_dir: Path, **kw: Any) -> tuple[Optional[Generator], float]:
+    """The loaded model (None when there is nothing to generate) and the seconds loading took."""
+    from .runner import Generator
+
+    t0 = time.time()
+    return (Generator(model_dir, **kw) if todo else None), time.time() - t0
+
+
 def _check_options(output_format: str, blend: str, steps: int, batch_size: int, guidance: float, eta: float) -> None:
     if output_format not in FORMATS:
         raise UsageError(f"--output-format must be one of {', '.join(FORMATS)}, got {output_format!r}")
@@ -170,26 +185,32 @@ class _Job:
     consts: dict[str, str]
     on_progress: ProgressFn
     created: bool              # OUT did not exist before this run (removed again when the run makes nothing)
+    ledger: Optional[Ledger] = None
 
 
 def _write_outputs(job: _Job, gen: Optional[Generator], fingerprint: dict, rows: dict[str, dict],
-                   todo: list[PlanItem], real_todo: list[str]) -> tuple[int, float, FailureList]:
-    """Create OUT (temp files of a killed run removed), copy the real rows, then generate ``todo``; an OUT this
-    run created is removed again when it fails before holding any synthetic sample. Returns (generated, seconds
-    spent generating, failures)."""
+                   todo: list[PlanItem], real_todo: list[str], reset: bool) -> tuple[int, float, FailureList]:
+    """Create OUT (temp files of a killed run removed, manifest.csv removed: the run is not complete), open the
+    resume ledger (``reset``: a new one, holding ``rows``), copy the real rows, then generate ``todo``; an OUT
+    this run created is removed again when it fails before holding any synthetic sample. Returns (generated,
+    seconds spent generating, failures)."""
     out, failures = job.out, FailureList()
     try:
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.rglob(".*.tmp"):                 # never listed anywhere
             stale.unlink(missing_ok=True)
+        (out / "manifest.csv").unlink(missing_ok=True)
         atomic_write_json(out / "balance.json", {"status": "running", "fingerprint": fingerprint})
-        _write_real_rows(job.work, job.index, job.masks, out, real_todo, rows, job.on_progress)
-        write_manifest(out / "manifest.csv", _frame(rows))
-        if gen is None:
-            return 0, 0.0, failures
-        t0 = time.time()
-        generated = _generate(job, gen, todo, rows, failures)
-        return generated, time.time() - t0, failures
+        with Ledger(out / LEDGER_FILE, reset=reset) as ledger:
+            if reset or not (out / LEDGER_FILE).stat().st_size:
+                ledger.append(rows.values())              # rows verified from an older manifest.csv
+            job.ledger = ledger
+            _write_real_rows(job, real_todo, rows)
+            if gen is None:
+                return 0, 0.0, failures
+            t0 = time.time()
+            generated = _generate(job, gen, todo, rows, failures)
+            return generated, time.time() - t0, failures
     except BaseException:
         if job.created and not any(r.get("origin") == "synthetic" for r in rows.values()):
             shutil.rmtree(out, ignore_errors=True)
@@ -198,7 +219,7 @@ def _write_outputs(job: _Job, gen: Optional[Generator], fingerprint: dict, rows:
 
 def _generate(job: _Job, gen: Generator, todo: list[PlanItem], rows: dict[str, dict],
               failures: FailureList) -> int:
-    """Inpaint ``todo`` batch by batch; write each sample, then the manifest after each batch (only whole
+    """Inpaint ``todo`` batch by batch; write each sample, then append the batch to the ledger (only whole
     batches are listed). Adds rows and failures in place; returns the number of samples generated."""
     by_id = job.index.set_index("sample_id", drop=False)
     mask_of = dict(zip(job.masks["sample_id"], job.masks["mask"]))
@@ -214,14 +235,16 @@ def _generate(job: _Job, gen: Generator, todo: list[PlanItem], rows: dict[str, d
                 failures.add(it.sample_id, str(e))
         outs = gen.inpaint([p[0] for p in pairs], [p[1] for p in pairs], [it.prompt for it in ok],
                            [it.seed for it in ok]) if ok else []
+        new = {}
         for it, img, (_, msk) in zip(ok, outs, pairs):
             try:
-                rows[it.sample_id] = _write_sample(it, img, gen.used_mask(msk), by_id.loc[it.donor_id].to_dict(),
-                                                   job)
-                generated += 1
+                new[it.sample_id] = _write_sample(it, img, gen.used_mask(msk), by_id.loc[it.donor_id].to_dict(),
+                                                  job)
             except InputError as err:
                 failures.add(it.sample_id, str(err))
-        write_manifest(job.out / "manifest.csv", _frame(rows))
+        job.ledger.append(new.values())                   # O(batch), durable before the next batch starts
+        rows.update(new)
+        generated += len(new)
         report(job.on_progress, "balance", start + len(batch), len(todo))
     return generated
 
@@ -305,11 +328,18 @@ def _previous_run(out: Path, fingerprint: dict, force: bool) -> dict:
 
 
 def _verified_rows(out: Path, prev: dict) -> dict[str, dict]:
-    """Manifest rows of the previous run whose files still hash to the recorded sha256."""
-    if not prev or not (out / "manifest.csv").is_file():
+    """Rows of the previous run (its ledger, else its manifest.csv) whose files still hash to the recorded
+    sha256."""
+    if not prev:
+        return {}
+    if (out / LEDGER_FILE).is_file():
+        listed = list(Ledger.read(out / LEDGER_FILE).values())
+    elif (out / "manifest.csv").is_file():
+        listed = read_manifest(out / "manifest.csv").to_dict("records")
+    else:
         return {}
     rows = {}
-    for r in read_manifest(out / "manifest.csv").to_dict("records"):
+    for r in listed:
         img, msk = out / r["image"], (out / r["mask"]) if r["mask"] else None
         if img.is_file() and sha256_file(img) == r["sha256"] and (msk is None or msk.is_file()):
             rows[r["sample_id"]] = r
@@ -327,28 +357,87 @@ def _frame(rows: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values()), columns=MANIFEST_COLUMNS).fillna("")
 
 
-def _write_real_rows(work: Path, index: pd.DataFrame, masks: pd.DataFrame, out: Path, ids: list[str],
-                     rows: dict[str, dict], on_progress: ProgressFn) -> None:
-    """Copy real slices (16-bit PNG) and their soft masks into OUT/real/ and add their manifest rows."""
+def _write_real_rows(job: _Job, ids: list[str], rows: dict[str, dict], chunk: int = 256) -> None:
+    """Copy real slices (16-bit PNG, a few threads) and their soft masks (hard links where byte-identical) into
+    OUT/real/; append their rows to the ledger a chunk at a time and add them to ``rows``."""
     if not ids:
         return
-    mask_of = dict(zip(masks["sample_id"], masks["mask"].where(masks.get("status", "ok") == "ok", "")))
-    by_id = index.set_index("sample_id", drop=False)
-    for i, sid in enumerate(ids):
+    from concurrent.futures import ThreadPoolExecutor
+
+    mask_of = dict(zip(job.masks["sample_id"], job.masks["mask"].where(job.masks.get("status", "ok") == "ok", "")))
+    by_id = job.index.set_index("sample_id", drop=False)
+
+    def copy(sid: str) -> dict[str, str]:
         r = by_id.loc[sid]
-        src = work / r["image"]
+        src = job.work / r["image"]
         if not src.is_file():
             raise InputError(f"{sid}: slice {r['image']} listed in index.csv not found in WORK")
         img_rel, mask_rel = f"real/{sid}.png", ""
-        write_png16(out / img_rel, load_npy(src))
-        if mask_of.get(sid) and (work / mask_of[sid]).is_file():
+        write_png16(job.out / img_rel, load_npy(src))
+        if mask_of.get(sid) and (job.work / mask_of[sid]).is_file():
             mask_rel = f"real/{sid}_mask.npy"
-            atomic_save_npy(out / mask_rel, load_npy(work / mask_of[sid]).astype(np.float32))
-        rows[sid] = {c: "" for c in MANIFEST_COLUMNS} | {
+            link_or_save_npy(job.work / mask_of[sid], job.out / mask_rel)
+        return {c: "" for c in MANIFEST_COLUMNS} | {
             "sample_id": sid, "patient_id": r.get("patient_id", ""), "split": r["split"], "label": r["label"],
             "origin": "real", "image": img_rel, "mask": mask_rel, "format": "png",
-            "sha256": sha256_file(out / img_rel)}
-        report(on_progress, "copy real samples", i + 1, len(ids))
+            "sha256": sha256_file(job.out / img_rel)}
+
+    (job.out / "real").mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for start in range(0, len(ids), chunk):
+            new = list(pool.map(copy, ids[start:start + chunk]))
+            job.ledger.append(new)
+            rows.update((r["sample_id"], r) for r in new)
+            report(job.on_progress, "copy real samples", start + len(new), len(ids))
+
+
+def link_or_save_npy(src: Path, dst: Path) -> None:
+    """``dst`` = ``src`` as float32 .npy: a hard link when ``src`` already holds exactly those bytes (an atomic
+    rename of the link, never a write into WORK), else a new file (also when linking is not possible)."""
+    data = src.read_bytes()
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)),
+            allow_pickle=False)
+    if buf.getvalue() == data:
+        try:
+            with atomic_path(dst) as tmp:
+                tmp.unlink()
+                os.link(src, tmp)
+            return
+        except OSError:
+            pass
+    with atomic_path(dst) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+def write_final_manifest(out: Path, rows: dict[str, dict]) -> Path:
+    """The one place a final ``manifest.csv`` is written (the run or shard has finished); files under real/ and
+    synthetic/ that it does not list are removed first (e.g. left by a larger plan before ``--force``)."""
+    listed = {r[c] for r in rows.values() for c in ("image", "mask") if r.get(c)}
+    for sub in ("real", "synthetic"):
+        root = out / sub
+        if not root.is_dir():
+            continue
+        for f in sorted(root.rglob("*"), reverse=True):
+            rel = f.relative_to(out).as_posix()
+            if f.is_file() and rel not in listed:
+                f.unlink()
+            elif f.is_dir() and not any(f.iterdir()):
+                f.rmdir()
+    write_manifest(out / "manifest.csv", _frame(rows))
+    return out / "manifest.csv"
+
+
+def _work_warnings(model_dir: Path, work: Path) -> list[str]:
+    """A warning (stderr and balance.json) when MODEL_DIR was trained on another WORK (fingerprints differ)."""
+    from ..models.modeldir import read_meta, work_mismatch
+
+    msg = work_mismatch(read_meta(model_dir), work)
+    if msg:
+        log.warning("%s: %s", model_dir.name, msg)
+    return [msg] if msg else []
 
 
 def _summary(plan: BalancePlan, items: list[PlanItem], record: dict, out: Path, *, generated: int,
@@ -358,4 +447,4 @@ def _summary(plan: BalancePlan, items: list[PlanItem], record: dict, out: Path, 
             "to_generate": plan.to_generate, "counts_after": plan.counts_after,
             "shard": record.get("options", {}).get("shard", ""), "in_shard": len(items), "generated": generated,
             "skipped": skipped, "failed": len(failures), "timings": record.get("timings", {}),
-            "images_per_s": record.get("images_per_s")}
+            "images_per_s": record.get("images_per_s"), "warnings": record.get("warnings", [])}
