@@ -2,7 +2,7 @@
 
 Ours: ``train.loop.run_task`` + ``SMISTask`` (accelerate, mixed precision, frozen UNet in the autocast dtype,
 16 decoupled layers trainable in fp32, VAE latents / prompt embeddings / e_MSC cached once per sample).
-Reference: the step of ``../shared/bench/gpu_train_anchor.py`` (the IP-Adapter tutorial way: VAE encode of the
+Reference: :func:`reference`, the step as the IP-Adapter tutorial script writes it (VAE encode of the
 batch every step), on the same UNet/VAE in the same run. Both: 512x512, masked noise loss (Eq. 6), AdamW.
 The text encoder and MSC are stand-ins (random prompt embeddings (B, 77, 768) and e_MSC (B, 512)): ours caches
 them in setup either way, so they do not enter the step time.
@@ -98,7 +98,7 @@ def sync(dev: str) -> None:
 
 
 def reference(unet, vae, sched, bs, res, xdim, msc_dim, steps, warmup, dev, wdt) -> dict:
-    """gpu_train_anchor.py's step: VAE encode every step, frozen UNet in wdt, adapter fp32 under autocast."""
+    """The IP-Adapter tutorial's step: VAE encode every step, frozen UNet in wdt, adapter fp32 under autocast."""
     for p in unet.parameters():
         if not p.requires_grad:
             p.data = p.data.to(wdt)

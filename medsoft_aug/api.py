@@ -9,8 +9,6 @@ import importlib
 import platform
 from typing import Any
 
-from . import __version__
-
 # name -> "module:attribute"; resolved lazily (PEP 562) so the real signatures and docstrings are kept.
 _STAGES = {
     "ingest": "medsoft_aug.ingest.stage:ingest",
@@ -38,16 +36,11 @@ def __getattr__(name: str) -> Any:
 
 def environment_info() -> dict[str, Any]:
     """Versions of the package and its main dependencies, and CUDA availability (no GPU required)."""
-    from importlib import metadata
+    from .versions import package_versions
 
-    info: dict[str, Any] = {"medsoft_aug": __version__, "python": platform.python_version(),
-                            "platform": platform.platform()}
-    for dist in ("torch", "torchvision", "diffusers", "transformers", "open_clip_torch", "accelerate",
-                 "safetensors", "numpy", "pandas", "pydicom", "SimpleITK", "nibabel", "pillow", "typer"):
-        try:
-            info[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            info[dist] = None
+    versions = package_versions()
+    info: dict[str, Any] = {"medsoft_aug": versions.pop("medsoft_aug"), "python": platform.python_version(),
+                            "platform": platform.platform(), **versions}
     try:
         import torch
 

@@ -1,6 +1,6 @@
 """Batched soft-mask inpainting (paper Eq. 7-8) on diffusers' ``DDIMScheduler``, one sample per batch row.
 
-Why not ``StableDiffusionInpaintPipeline`` (see DESIGN.md): it binarizes masks, downsamples them with nearest
+Why not ``StableDiffusionInpaintPipeline``: it binarizes masks, downsamples them with nearest
 neighbour, encodes the whole image instead of ``I_m`` and tiles one e_MSC across the batch. Here every row of a
 batch has its own soft mask, prompt embedding, e_MSC and seed, so mixed batches are exact and fast.
 

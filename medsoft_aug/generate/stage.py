@@ -41,11 +41,11 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .. import __version__
 from ..errors import FailureList, InputError, ModelError, PartialFailure, UsageError
 from ..fsutil import atomic_path, atomic_save_npy, atomic_write_json, load_npy, sha256_file
 from ..manifest import LEDGER_FILE, MANIFEST_COLUMNS, Ledger, read_manifest, write_manifest
 from ..progress import ProgressFn, report
+from ..versions import package_versions
 from ..workdir import check_work, images_root_of, load_pair, normal_class_of
 from .plan import BalancePlan, PlanItem, parse_shard, plan_balance
 from .prompts import load_prompts
@@ -273,7 +273,7 @@ def _record(fingerprint: dict, opts: dict, work: Path, model_dir: Path, plan: Ba
     """The content of balance.json."""
     (k, n, n_items), (load_s, gen_s, total_s) = shard, timings
     return {"status": "partial" if failures else "complete", "fingerprint": fingerprint,
-            "versions": _versions(), "options": opts,
+            "versions": package_versions(), "options": opts,
             "inputs": {"work": str(work), "index.csv": sha256_file(work / "index.csv"),
                        "masks.csv": sha256_file(work / "masks.csv")},
             "model": {"dir": str(model_dir), "sha256": fingerprint["model_sha256"]},
@@ -295,18 +295,6 @@ def _raise_failures(failures: FailureList, generated: int, skipped: int, n_todo:
             shutil.rmtree(job.out, ignore_errors=True)
         raise InputError(f"no synthetic sample could be made; first: {failures.items[0]}")
     raise PartialFailure(f"{len(failures)} of {n_todo} synthetic samples failed", failures.items, summary)
-
-
-def _versions() -> dict[str, Optional[str]]:
-    from importlib import metadata
-
-    out: dict[str, Optional[str]] = {"medsoft_aug": __version__}
-    for dist in ("torch", "diffusers", "transformers", "open_clip_torch", "numpy"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
 
 
 def _previous_run(out: Path, fingerprint: dict, force: bool) -> dict:

@@ -27,10 +27,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .. import __version__
 from ..errors import FailureList, InputError, PartialFailure, SampleFailure, UsageError
 from ..fsutil import atomic_save_npy, atomic_write_csv, atomic_write_json, sha256_file
 from ..progress import ProgressFn, report
+from ..versions import package_versions
 from ..workdir import INDEX_COLUMNS
 from .generic import parse_generic
 from .process import SampleError, SampleReader, ingest_one
@@ -186,18 +186,6 @@ def _commit(work: Path, stage_dir: Path, record: dict[str, Any], rows: list[dict
     atomic_write_csv(work / "index.csv", pd.DataFrame(rows, columns=INDEX_COLUMNS))
 
 
-def _versions() -> dict[str, Optional[str]]:
-    from importlib import metadata
-
-    out: dict[str, Optional[str]] = {"medsoft_aug": __version__}
-    for dist in ("numpy", "pandas", "pydicom", "nibabel", "SimpleITK", "pillow"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
 def ingest(labels: str | Path, images: str | Path, out: str | Path, *, fmt: str = "generic",
            normal_class: str = "normal", coords: Optional[str | Path] = None,
            series_descriptions: Optional[str | Path] = None, conditions: Optional[Sequence[str]] = None,
@@ -305,7 +293,7 @@ def ingest(labels: str | Path, images: str | Path, out: str | Path, *, fmt: str 
             failures=list(failures.items), skipped=skipped, replaced_previous=replacing,
             paths={"index": str(work / "index.csv"), "record": str(work / "ingest.json"),
                    "slices": str(work / "slices"), "seg": str(work / "seg") if (stage_dir / "seg").exists() else ""})
-        record = {"stage": "ingest", "versions": _versions(), "fingerprint": fingerprint, "options": options,
+        record = {"stage": "ingest", "versions": package_versions(), "fingerprint": fingerprint, "options": options,
                   "inputs": input_hashes, "normal_class": normal_class, "n_samples": len(rows),
                   "counts": counts, "split_counts": result.split_counts, "skipped": skipped,
                   "failures": [{"sample_id": f.sample_id, "problem": f.problem} for f in failures.items],

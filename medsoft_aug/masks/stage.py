@@ -24,6 +24,7 @@ from .. import __version__
 from ..errors import InputError, PartialFailure, SampleFailure, UsageError
 from ..fsutil import atomic_save_npy, atomic_write_json, atomic_write_text, load_npy, sha256_bytes, sha256_file
 from ..progress import ProgressFn, report
+from ..versions import package_versions
 from ..workdir import MASK_COLUMNS, read_index
 from . import from_coords, from_seg
 from .levels import NUMBERINGS, Level, parse_level
@@ -342,7 +343,7 @@ def _finish(work: Path, out_rows: list[dict], fingerprints: dict[str, str], opts
         written.append(result.preview)
 
     csv_text = pd.DataFrame(out_rows, columns=MASK_COLUMNS).to_csv(index=False, lineterminator="\n")
-    record = {"stage": "masks build", "medsoft_aug": __version__, "versions": _versions(), "options": opts,
+    record = {"stage": "masks build", "medsoft_aug": __version__, "versions": package_versions(), "options": opts,
               "inputs": {"index.csv": sha256_file(work / "index.csv")},
               "outputs": {"masks.csv": sha256_bytes(csv_text.encode())},
               "counts": {"total": n, "ok": ok, "failed": n - ok, "computed": ok - reused, "reused": reused,
@@ -367,9 +368,3 @@ def _kind(note: str) -> str:
         if note.startswith(k):
             return k
     return "vertebra"
-
-
-def _versions() -> dict[str, str]:
-    import scipy
-
-    return {"numpy": np.__version__, "scipy": scipy.__version__, "pandas": pd.__version__}

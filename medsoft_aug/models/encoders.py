@@ -122,12 +122,6 @@ class MedicalEncoder:
         return tokens.float(), mask
 
     @torch.no_grad()
-    def text_embed(self, texts: list[str]) -> torch.Tensor:
-        """The standard CLIP text feature, L2-normalised, (B, D)."""
-        ids = self.tokenizer(list(texts)).to(self.device)
-        return self.model.encode_text(ids, normalize=True).float()
-
-    @torch.no_grad()
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """e_v: (B, Lv, D) projected final-layer patch tokens of ``images`` (B, 1|3, H, W) in [0, 1]."""
         x = self.preprocess(images).to(self._dtype())

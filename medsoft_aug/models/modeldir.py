@@ -26,6 +26,7 @@ import torch
 
 from ..errors import ModelError
 from ..fsutil import atomic_path, atomic_write_json, sha256_file
+from ..versions import package_versions
 
 log = logging.getLogger("medsoft_aug.models.modeldir")
 
@@ -59,19 +60,6 @@ def load_weights(path: str | Path, expected_sha256: Optional[str] = None) -> dic
         return load_file(str(path))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
         raise ModelError(f"{path} is not a readable safetensors file ({type(e).__name__})") from e
-
-
-def package_versions() -> dict[str, Optional[str]]:
-    from importlib import metadata
-
-    out: dict[str, Optional[str]] = {}
-    for dist in ("medsoft-aug", "torch", "diffusers", "transformers", "open_clip_torch", "accelerate",
-                 "safetensors", "numpy"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
 
 
 WORK_TABLES = ("index.csv", "masks.csv")
