@@ -115,7 +115,7 @@ def test_report_without_inputs_is_usage_error(tmp_path):
 
 
 def test_quality_missing_work_is_exit_3(tmp_path):
-    r = runner.invoke(app, ["evaluate", "quality", "--work", str(tmp_path / "nowork"), "--model",
+    r = runner.invoke(app, ["evaluate", "quality", str(tmp_path / "nowork"), "--model",
                             str(tmp_path / "nomodel"), "--out", str(tmp_path / "q")])
     assert r.exit_code == 3 and r.stderr.startswith("Error: ")
     assert not (tmp_path / "q").exists()

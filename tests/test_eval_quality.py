@@ -32,7 +32,7 @@ def test_quality_with_background_fidelity(trained, tmp_path):
 
     root, work, model = trained
     balance(work, model, tmp_path / "bal", steps=2, device="cpu")
-    r = runner.invoke(app, ["evaluate", "quality", "--work", str(work), "--model", str(model), "--out",
+    r = runner.invoke(app, ["evaluate", "quality", str(work), "--model", str(model), "--out",
                             str(tmp_path / "q"), "--steps", "2", "--device", "cpu", "--balance-out",
                             str(tmp_path / "bal"), "--report", str(tmp_path / "rep"), "--json"])
     assert r.exit_code == 0, r.stderr

@@ -60,8 +60,11 @@ def test_ok_json_one_document(data):
     doc = json.loads(r.stdout)
     assert doc["n_samples"] == 4 and doc["n_failed"] == 0
     assert doc["counts"]["tumor"]["train"] + doc["counts"]["tumor"]["test"] == 2
-    assert "train" in r.stderr  # the summary table goes to stderr
+    assert "ingest:" in r.stderr and "train" not in r.stderr   # stderr: progress only
     assert len(read_index(root / "WORK")) == 4
+    r = run(root, images, rows)                                  # rerun without --json: the summary on stdout
+    assert r.exit_code == 0, r.stderr
+    assert "ingest: 4 samples" in r.stdout and "train" in r.stdout and "train" not in r.stderr
 
 
 def test_missing_labels_csv(tmp_path):

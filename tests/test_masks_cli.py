@@ -45,6 +45,10 @@ def test_cli_exit_3_and_2(tmp_path):
     assert r.exit_code == 3 and "index.csv" in r.stderr and r.stdout == ""
     work = make_work(tmp_path / "w", [dict(sample_id="a")])
     r = runner.invoke(app, ["masks", "build", str(work), "--json"])
-    assert r.exit_code == 3 and r.stderr.splitlines()[-1].startswith("Error: no mask") and r.stdout == ""
+    assert r.exit_code == 3 and r.stderr.splitlines()[-1].startswith("Error: no mask")
+    doc = json.loads(r.stdout)                       # --json: the failure as one JSON object too
+    assert doc["exit_code"] == 3 and doc["error"] == r.stderr.splitlines()[-1][len("Error: "):]
     r = runner.invoke(app, ["masks", "build", str(work), "--numbering", "nnunet"])
     assert r.exit_code == 2 and "--numbering" in r.stderr
+    r = runner.invoke(app, ["masks", "build", str(work), "--numbering", "nnunet", "--json"])
+    assert r.exit_code == 2 and json.loads(r.stdout)["exit_code"] == 2   # usage errors too

@@ -6,18 +6,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import PartialFailure
-from .output import guarded, print_json, progress_reporter
+from .options import Blend, JsonOpt, OutputFormat, PromptMode, WorkArg, value
+from .output import guarded, print_json, progress_reporter, torch_threads
 
 
 @guarded
 def balance_command(
-    work: Annotated[Path, typer.Argument(help="WORK folder (index.csv from `ingest`, masks.csv from `masks build`).")],
+    work: WorkArg,
     model: Annotated[Optional[Path], typer.Option(
         "--model", help="MODEL_DIR written by `medsoft-aug train` (not needed with --dry-run).")] = None,
     out: Annotated[Optional[Path], typer.Option(
-        "--out", help="Output folder: synthetic images + masks, manifest.csv, balance.json (new, or a previous "
-        "run of the same command to resume).")] = None,
+        "--out", "-o", help="Output folder: synthetic images + masks, manifest.csv, balance.json (new, or a previous "
+        "run of the same command to resume). Required unless --dry-run.")] = None,
     target_ratio: Annotated[float, typer.Option(
         "--target-ratio", help="Each disease class is filled up to ceil(ratio x N_normal) training samples "
         "(1.0 = as many as normal, the paper's setting).")] = 1.0,
@@ -27,9 +27,9 @@ def balance_command(
     prompts: Annotated[Optional[Path], typer.Option(
         "--prompts", help="Prompts file (YAML or JSON: class -> list of lesion descriptions; '{level}' is "
         "filled with the donor's level). Default: the shipped defaults.")] = None,
-    prompt_mode: Annotated[str, typer.Option(
+    prompt_mode: Annotated[PromptMode, typer.Option(
         "--prompt-mode", help="auto: the class's real train-split lesion descriptions when it has any, else the "
-        "prompts file; descriptions: real descriptions only; file: the prompts file only.")] = "auto",
+        "prompts file; descriptions: real descriptions only; file: the prompts file only.")] = PromptMode.auto,
     seed: Annotated[int, typer.Option("--seed", help="Run seed: donor assignment and per-sample seeds.")] = 0,
     steps: Annotated[int, typer.Option("--steps", help="DDIM steps (paper: 50).")] = 50,
     guidance: Annotated[float, typer.Option(
@@ -39,9 +39,9 @@ def balance_command(
         "--batch-size", help="Samples per batch (each with its own mask, prompt, e_MSC, seed).")] = 8,
     device: Annotated[str, typer.Option(
         "--device", help="auto (CUDA + fp16 when available, else CPU), cpu, cuda, cuda:N.")] = "auto",
-    output_format: Annotated[str, typer.Option(
+    output_format: Annotated[OutputFormat, typer.Option(
         "--output-format", help="png (16-bit grayscale), nifti (slice in the donor's geometry), dicom (derived, "
-        "de-identified instance from the donor).")] = "png",
+        "de-identified instance from the donor).")] = OutputFormat.png,
     images: Annotated[Optional[Path], typer.Option(
         "--images", help="Source images folder for --output-format dicom (default: the one recorded by "
         "ingest).")] = None,
@@ -58,32 +58,27 @@ def balance_command(
         "--force", help="Regenerate everything, even into an OUT holding a run with other options.")] = False,
     normal_class: Annotated[Optional[str], typer.Option(
         "--normal-class", help="Normal class (default: the one recorded by ingest).")] = None,
-    blend: Annotated[str, typer.Option(
+    blend: Annotated[Blend, typer.Option(
         "--blend", help="Latent kept outside the mask during denoising (Eq. 7): masked = VAE(I_m), the paper's "
         "text; donor = VAE(x0) (no dark band where the soft mask is fractional). Pixels where the mask is 0 are "
-        "the donor's either way.")] = "masked",
+        "the donor's either way.")] = Blend.masked,
     base_model: Annotated[Optional[str], typer.Option(
         "--base-model", help="Use this base model (diffusers folder or hub id) instead of the one recorded in "
         "MODEL_DIR, e.g. the same SD1.5 moved elsewhere; it must hash to the recorded sha256.")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Balance every disease class by inpainting lesions into normal training images (Eq. 7-8)."""
     from ..api import balance
 
     if classes:
         classes = [c.strip() for item in classes for c in item.split(",") if c.strip()]
-    with progress_reporter(not dry_run) as on_progress:
-        try:
-            res = balance(work, model, out, target_ratio=target_ratio, classes=classes, prompts=prompts,
-                          prompt_mode=prompt_mode, seed=seed, steps=steps, guidance=guidance, eta=eta,
-                          batch_size=batch_size, device=device, output_format=output_format, shard=shard,
-                          dry_run=dry_run, force=force, normal_class=normal_class, images_root=images,
-                          base_model=base_model, blend=blend, max_synthetic=max_synthetic,
-                          on_progress=on_progress)
-        except PartialFailure as e:
-            if json_out and e.result is not None:
-                print_json(e.result)
-            raise
+    with progress_reporter(not dry_run) as on_progress, torch_threads():
+        res = balance(work, model, out, target_ratio=target_ratio, classes=classes, prompts=prompts,
+                      prompt_mode=value(prompt_mode), seed=seed, steps=steps, guidance=guidance, eta=eta,
+                      batch_size=batch_size, device=device, output_format=value(output_format), shard=shard,
+                      dry_run=dry_run, force=force, normal_class=normal_class, images_root=images,
+                      base_model=base_model, blend=value(blend), max_synthetic=max_synthetic,
+                      on_progress=on_progress)
     if json_out or dry_run:
         print_json(res)
         return

@@ -2,19 +2,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
-from .output import guarded, print_json, progress_reporter
+from .options import Blend, JsonOpt, value
+from .output import STATE, guarded, print_json, progress_reporter
+
+DEMO_THREADS = 1
 
 
 @guarded
 def demo_command(
-    out: Annotated[Path, typer.Option("--out", help="Output folder (work/, model/, balanced/, contact_sheet.png, "
-                                      "demo.json); rerunning reuses finished stages.")] = Path("demo_out"),
-    train_steps: Annotated[int, typer.Option(
-        "--train-steps", help="Training steps per stage (MSC, then SMIS) of the tiny model.")] = 300,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (work/, model/, balanced/, "
+                                      "contact_sheet.png, demo.json); rerunning reuses finished stages.")
+                   ] = Path("demo_out"),
+    max_steps: Annotated[int, typer.Option(
+        "--max-steps", help="Training steps per stage (MSC, then SMIS) of the tiny model, as `train "
+        "--max-steps`.")] = 300,
+    train_steps: Annotated[Optional[int], typer.Option(
+        "--train-steps", hidden=True, help="Deprecated name of --max-steps.")] = None,
     steps: Annotated[int, typer.Option("--steps", help="DDIM steps when generating (paper: 50).")] = 50,
     guidance: Annotated[float, typer.Option(
         "--guidance", help="Classifier-free guidance scale (paper: 7.5; the demo's tiny base model needs more to "
@@ -22,21 +29,20 @@ def demo_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed of training and generation.")] = 0,
     device: Annotated[str, typer.Option("--device", help="cpu (default: the tiny models are made for it), "
                                         "auto, cuda.")] = "cpu",
-    threads: Annotated[int, typer.Option(
-        "--threads", help="torch CPU threads (0 = torch's choice). The tiny models gain little from more than 1, "
-        "and several threads are far slower when other jobs share the CPU.")] = 1,
-    blend: Annotated[str, typer.Option(
+    blend: Annotated[Blend, typer.Option(
         "--blend", help="Eq. 7 latent kept outside the mask: donor = VAE(x0) (demo default) or masked = VAE(I_m) "
-        "(the paper's text and the `balance` default; on the tiny model it darkens every lesion).")] = "donor",
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+        "(the paper's text and the `balance` default; on the tiny model it darkens every lesion).")] = Blend.donor,
+    json_out: JsonOpt = False,
 ) -> None:
     """Ingest -> masks -> train (tiny) -> balance to ratio 1.0 on sample_data/, with a donor | mask | synthetic
-    contact sheet and the manifest. A few minutes on a laptop CPU."""
+    contact sheet and the manifest. About a minute on a 2-core CPU; runs torch on 1 thread unless the global
+    --threads says otherwise."""
     from ..api import demo
 
     with progress_reporter() as on_progress:
-        res = demo(out, train_steps=train_steps, steps=steps, guidance=guidance, seed=seed, device=device,
-                   threads=threads or None, blend=blend, on_progress=on_progress)
+        res = demo(out, train_steps=train_steps or max_steps, steps=steps, guidance=guidance, seed=seed,
+                   device=device, threads=DEMO_THREADS if STATE["threads"] is None else STATE["threads"] or None, blend=value(blend),
+                   on_progress=on_progress)
     if json_out:
         print_json(res)
         return

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from .output import guarded, print_json, progress_reporter
+from .options import DeviceOpt, JsonOpt, WorkArg
+from .output import guarded, print_json, progress_reporter, torch_threads
 
 evaluate_app = typer.Typer(
     help="Evaluate synthetic data: image quality (FID, PSNR, SSIM) and downstream classification "
@@ -14,10 +15,8 @@ evaluate_app = typer.Typer(
     no_args_is_help=True,
 )
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Also write a report (metrics.json, "
                                                    "summary.md, PNG charts and contact sheets) to this folder.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")]
 
 
 def _table(metrics: dict, class_names: list[str]) -> str:
@@ -82,7 +81,7 @@ def classify(
     named = dict(parse_manifest_arg(m) for m in manifest)
     if len(named) != len(manifest):
         raise UsageError("each --manifest needs its own NAME (NAME=PATH); a bare PATH is `medsoft`")
-    with progress_reporter() as on_progress:
+    with progress_reporter() as on_progress, torch_threads():
         res = evaluate_classify(named, out, seeds=seeds, epochs=epochs, resolution=resolution, weights=weights,
                                 batch_size=batch_size, lr=lr, seed=seed, device=device,
                                 methods=tuple(method) if method else None, normal_class=normal_class,
@@ -101,7 +100,7 @@ def classify(
 @evaluate_app.command("quality")
 @guarded
 def quality(
-    work: Annotated[Path, typer.Option("--work", "-w", help="WORK folder from ingest and `masks build`.")],
+    work: WorkArg,
     model: Annotated[Path, typer.Option("--model", help="MODEL_DIR from `medsoft-aug train`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for quality.json and per-sample rows.")],
     inception_weights: Annotated[Optional[Path], typer.Option(
@@ -111,7 +110,8 @@ def quality(
         "--balance-out", help="A `balance` output folder: also measure background fidelity (PSNR outside the "
         "mask of each synthetic image against its donor).")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="DDIM steps (default 50, as in the paper).")] = None,
-    guidance: Annotated[Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale (default 7.5, as in the paper).")] = None,
+    guidance: Annotated[Optional[float], typer.Option(
+        "--guidance", help="Classifier-free guidance scale (default 7.5, as in the paper).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inpainting batch size.")] = 8,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Use at most this many test samples.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Run seed for the inpainting noise.")] = 0,
@@ -121,19 +121,50 @@ def quality(
 ):
     """Inpaint held-out diseased test samples with their own description and compare with the originals."""
     from ..api import evaluate_quality
-
-    with progress_reporter() as on_progress:
-        res = evaluate_quality(work, model, out, inception_weights=inception_weights, balance_out=balance_out,
-                               steps=steps, guidance=guidance, batch_size=batch_size, limit=limit, seed=seed,
-                               device=device, report_dir=report, on_progress=on_progress)
+    with progress_reporter() as on_progress, torch_threads():
+        res = evaluate_quality(work, model, out, inception_weights=inception_weights,
+                               balance_out=balance_out, steps=steps, guidance=guidance, batch_size=batch_size,
+                               limit=limit, seed=seed, device=device, report_dir=report, on_progress=on_progress)
     if json_out:
         print_json(res.summary)
         return
-    for k, v in res.summary.items():
-        if not isinstance(v, (dict, list)):
-            typer.echo(f"{k}: {v}")
-        elif isinstance(v, dict):
-            typer.echo(f"{k}: " + ", ".join(f"{a}={b}" for a, b in v.items() if not isinstance(b, (dict, list))))
+    typer.echo(quality_text(res.summary, res.out))
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    if isinstance(v, bool) or v is None:
+        return "n/a" if v is None else str(v)
+    if isinstance(v, (int, float)):
+        return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+    return str(v)          # "inf" (an identical image) and other words stay as they are
+
+
+def _mean_std(d: dict, digits: int, unit: str = "") -> str:
+    if d.get("mean") is None:
+        return "n/a"
+    return f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}{unit}"
+
+
+def quality_text(s: dict, out: Path) -> str:
+    """Human-readable `evaluate quality` result: formatted numbers, one metric per line."""
+    lines = [f"quality of {s.get('n_samples', 0)} held-out diseased test samples (DDIM steps {s.get('steps')}, "
+             f"guidance {s.get('guidance')}, seed {s.get('seed')})"]
+    for k, name, digits, unit in (("psnr", "PSNR (whole image)", 2, " dB"), ("psnr_mask", "PSNR (inside mask)", 2,
+                                  " dB"), ("ssim", "SSIM (whole image)", 3, ""), ("ssim_mask", "SSIM (inside mask)",
+                                                                                  3, "")):
+        if isinstance(s.get(k), dict):
+            lines.append(f"  {name:<20} {_mean_std(s[k], digits, unit)}")
+    if s.get("n_identical"):
+        lines.append(f"  identical to the original: {s['n_identical']} (PSNR inf, left out of the means)")
+    lines.append(f"  {'FID':<20} {_num(s.get('fid'), 2)} ({s.get('fid_features', 'n/a')} features)")
+    bg = s.get("background")
+    if isinstance(bg, dict):
+        lines.append("background fidelity of the balance output (outside the mask, against the donor): "
+                     + ", ".join(f"{k} {_num(v)}" for k, v in bg.items() if not isinstance(v, (dict, list))))
+    for note in ([s["fid_note"]] if s.get("fid_note") else []) + list(s.get("notes", [])):
+        lines.append(f"note: {note}")
+    lines.append(f"written to {out}")
+    return "\n".join(lines)
 
 
 @evaluate_app.command("report")

@@ -1,17 +1,16 @@
 """`medsoft-aug info`: versions and hardware, without needing a GPU."""
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
 
+from .options import JsonOpt
 from .output import guarded, print_json
 
 
 def register(app: typer.Typer) -> None:
     @app.command("info")
     @guarded
-    def info(json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False):
+    def info(json_out: JsonOpt = False):
         """Show package versions, CUDA availability and devices."""
         from ..api import environment_info
 

@@ -1,7 +1,6 @@
 """`medsoft-aug ingest`: a thin shim over :func:`medsoft_aug.api.ingest`."""
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,16 +8,13 @@ import typer
 from rich.table import Table
 
 from ..errors import PartialFailure
-from .output import err_console, guarded, print_json, progress_reporter
-
-
-class Layout(str, Enum):
-    generic = "generic"
-    rsna2024 = "rsna2024"
+from .options import JsonOpt, Layout
+from .output import guarded, out_console, print_json, progress_reporter
 
 
 def _summary(result) -> None:
-    console = err_console()
+    """The human-readable result, on stdout like every command's (logs and progress go to stderr)."""
+    console = out_console()
     table = Table(title=f"ingest: {result.n_samples} samples in {result.work}", title_justify="left")
     table.add_column("class")
     for s in ("train", "val", "test", "total"):
@@ -43,7 +39,8 @@ def register(app: typer.Typer) -> None:
     def ingest_cmd(
         labels: Annotated[Path, typer.Option("--labels", help="Labels CSV (generic) or RSNA 2024 train.csv.")],
         images: Annotated[Path, typer.Option("--images", help="Image root; CSV image paths are relative to it.")],
-        out: Annotated[Path, typer.Option("--out", help="WORK folder to write index.csv, slices/, seg/ into.")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="WORK folder to write index.csv, slices/, seg/ "
+                                          "into.")],
         fmt: Annotated[Layout, typer.Option("--format", help="Dataset layout.")] = Layout.generic,
         normal_class: Annotated[str, typer.Option("--normal-class", help="Name of the normal (majority) class; "
                                                   "RSNA 'Normal/Mild' maps to it.")] = "normal",
@@ -65,7 +62,7 @@ def register(app: typer.Typer) -> None:
                           ] = (0.5, 99.5),
         force: Annotated[bool, typer.Option("--force", help="Replace an ingest of different inputs in --out.")
                          ] = False,
-        json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+        json_out: JsonOpt = False,
     ):
         """Ingest studies + labels into WORK: normalized 2D slices, index.csv, patient-level splits."""
         from ..api import ingest
@@ -79,14 +76,10 @@ def register(app: typer.Typer) -> None:
                                 window=window, force=force, on_progress=on_progress)
             except PartialFailure as e:  # outputs were written: show them, then exit 4 through `guarded`
                 partial, result = e, e.result
-        _report(result, json_out)
+        if json_out:
+            if partial is None:       # on exit 4 `guarded` prints the one JSON document (result + error)
+                print_json(result.to_dict())
+        elif result is not None:
+            _summary(result)
         if partial is not None:
             raise partial
-
-
-def _report(result, json_out: bool) -> None:
-    if result is None:
-        return
-    _summary(result)
-    if json_out:
-        print_json(result.to_dict())

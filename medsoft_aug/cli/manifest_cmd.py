@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from .options import JsonOpt
 from .output import guarded, print_json
 
 manifest_app = typer.Typer(help="Augmented-dataset manifests (OUT/manifest.csv).", no_args_is_help=True)
@@ -16,8 +17,8 @@ manifest_app = typer.Typer(help="Augmented-dataset manifests (OUT/manifest.csv).
 def merge(
     manifests: Annotated[list[Path], typer.Argument(help="Manifests to join (e.g. one per --shard K/N output).")],
     out: Annotated[Path, typer.Option(
-        "--out", help="Merged manifest path (or a folder: FOLDER/manifest.csv); paths are rebased to it.")],
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+        "--out", "-o", help="Merged manifest path (or a folder: FOLDER/manifest.csv); paths are rebased to it.")],
+    json_out: JsonOpt = False,
 ) -> None:
     """Merge manifests: identical rows kept once (reported as duplicates); differing rows under one id are a
     conflict (exit 3, nothing written)."""

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import PartialFailure
+from .options import NUMBERINGS, JsonOpt, MaskSource, parse_numbering, value
 from .output import guarded, print_json, progress_reporter
 
 # Mirrors of medsoft_aug.masks.stage defaults (that module is imported lazily, inside the command).
@@ -20,9 +20,9 @@ masks_app = typer.Typer(help="Soft masks (Eq. 1): where lesions will be inpainte
 @guarded
 def build(
     work: Annotated[Path, typer.Argument(help="WORK folder written by `medsoft-aug ingest` (reads index.csv).")],
-    source: Annotated[str, typer.Option(
+    source: Annotated[MaskSource, typer.Option(
         "--source", help="Where masks come from: seg (label map + level), coords (box around x,y), or auto "
-        "(seg when a row has a seg and a level, else coords when it has x,y).")] = "auto",
+        "(seg when a row has a seg and a level, else coords when it has x,y).")] = MaskSource.auto,
     sigma_mm: Annotated[float, typer.Option(
         "--sigma-mm", help="Gaussian blur sigma in mm (Eq. 1), converted per axis with the pixel spacing. "
         "Default 3 mm: softens the edge over about +-6 mm, a fifth of a lumbar vertebral body, keeping "
@@ -35,28 +35,25 @@ def build(
     dilate_mm: Annotated[float, typer.Option(
         "--dilate-mm", help="Dilate the hard mask by this many mm before blurring (0 = none).")] = 0.0,
     numbering: Annotated[str, typer.Option(
-        "--numbering", help="Label numbering of the segs: verse (VerSe/TPTBox), totalseg (TotalSegmentator "
-        "total), totalseg-mr (total_mr: one vertebrae class, the component nearest x,y is used), or auto "
-        "(decided per slice from its label values; recorded in masks.json).")] = "auto",
+        "--numbering", parser=parse_numbering, metavar="|".join(NUMBERINGS),
+        help="Label numbering of the segs: verse (VerSe/TPTBox), totalseg (TotalSegmentator's `total` task; "
+        "`total` is accepted too), totalseg-mr (its `total_mr` task, also accepted: one vertebrae class, the "
+        "component nearest x,y is used), or auto (decided per slice from its label values; recorded in "
+        "masks.json).")] = "auto",
     preview: Annotated[Optional[Path], typer.Option(
         "--preview", help="Write a contact sheet PNG (up to 24 samples spread over classes: image, and "
         "image with the soft mask overlaid and outlined).")] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Recompute every mask (default: reuse masks whose inputs and options are "
         "unchanged).")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Build one soft mask per sample: WORK/masks/{id}.npy, WORK/masks.csv, WORK/masks.json."""
     from ..api import build_masks
 
     with progress_reporter() as on_progress:
-        try:
-            res = build_masks(work, source=source, sigma_mm=sigma_mm, box_mm=box_mm, dilate_mm=dilate_mm,
-                              numbering=numbering, preview=preview, force=force, on_progress=on_progress)
-        except PartialFailure as e:
-            if json_out and e.result is not None:
-                print_json(e.result.to_dict())
-            raise
+        res = build_masks(work, source=value(source), sigma_mm=sigma_mm, box_mm=box_mm, dilate_mm=dilate_mm,
+                          numbering=numbering, preview=preview, force=force, on_progress=on_progress)
     if json_out:
         print_json(res.to_dict())
         return

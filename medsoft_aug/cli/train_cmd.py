@@ -6,18 +6,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from .output import guarded, print_json, progress_reporter
+from .options import JsonOpt, MaskMode, MixedPrecision, TrainDevice, TrainStage, TrainUnet, WorkArg, value
+from .output import guarded, print_json, progress_reporter, torch_threads
 
 
 def register(app: typer.Typer) -> None:
     @app.command("train")
     @guarded
     def train_cmd(
-        work: Annotated[Path, typer.Argument(help="WORK folder after `ingest` and `masks build`.")],
+        work: WorkArg,
         out: Annotated[Path, typer.Option("--out", "-o", help="MODEL_DIR to write (medsoft_model.json, "
                                           "msc.safetensors, adapter.safetensors, checkpoints/).")],
-        stage: Annotated[str, typer.Option("--stage", help="all (MSC then SMIS), msc (Eq. 4 only) or smis "
-                                           "(Eq. 5-6, needs a trained MSC in MODEL_DIR).")] = "all",
+        stage: Annotated[TrainStage, typer.Option("--stage", help="all (MSC then SMIS), msc (Eq. 4 only) or smis "
+                                                  "(Eq. 5-6, needs a trained MSC in MODEL_DIR).")] = TrainStage.all,
         max_steps: Annotated[int, typer.Option("--max-steps", help="Optimizer steps per stage "
                                                "(the paper: 60000 on SD1.5).")] = 1000,
         msc_steps: Annotated[Optional[int], typer.Option("--msc-steps", help="Optimizer steps of the MSC "
@@ -30,16 +31,18 @@ def register(app: typer.Typer) -> None:
                                              "(Eq. 5).")] = 1.0,
         no_msc: Annotated[bool, typer.Option("--no-msc", help="Ablation 'w/o MSC': text-only conditioning; "
                                              "trains the text cross-attention K/V instead of an adapter.")] = False,
-        mask_mode: Annotated[str, typer.Option("--mask-mode", help="soft (SMIS) or hard (soft mask "
-                                               "thresholded at 0.5: ablation 'w/o SMIS').")] = "soft",
-        train_unet: Annotated[str, typer.Option("--train-unet", help="none (only the adapter trains, as in the "
-                                                "paper) or full (the whole UNet too; extension).")] = "none",
+        mask_mode: Annotated[MaskMode, typer.Option("--mask-mode", help="soft (SMIS) or hard (soft mask "
+                                                    "thresholded at 0.5: ablation 'w/o SMIS').")] = MaskMode.soft,
+        train_unet: Annotated[TrainUnet, typer.Option("--train-unet", help="none (only the adapter trains, as in "
+                                                      "the paper) or full (the whole UNet too; extension).")
+                              ] = TrainUnet.none,
         resolution: Annotated[Optional[int], typer.Option("--resolution", help="Training resolution in pixels "
                                                           "(default: the base model's, 512 for SD1.5).")] = None,
         batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per process per "
                                                 "micro-batch.")] = 4,
         grad_accum: Annotated[int, typer.Option("--grad-accum", help="Gradient accumulation steps.")] = 1,
-        mixed_precision: Annotated[str, typer.Option("--mixed-precision", help="no, fp16 or bf16 (GPU).")] = "no",
+        mixed_precision: Annotated[MixedPrecision, typer.Option("--mixed-precision", help="no, fp16 or bf16 "
+                                                                "(GPU).")] = MixedPrecision.no,
         gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing",
                                                              help="Trade compute for UNet memory.")] = False,
         checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Save a resumable checkpoint "
@@ -49,26 +52,23 @@ def register(app: typer.Typer) -> None:
         resume: Annotated[Optional[str], typer.Option("--resume", help="latest, or a checkpoint folder: continue "
                                                       "exactly where a stopped run left off.")] = None,
         seed: Annotated[int, typer.Option("--seed", help="Seed of sample order, noise and dropout.")] = 0,
-        device: Annotated[Optional[str], typer.Option("--device", help="cpu to force the CPU (default: "
-                                                      "accelerate's choice, CUDA when present).")] = None,
+        device: Annotated[TrainDevice, typer.Option("--device", help="cpu to force the CPU; auto: accelerate's "
+                                                    "choice, CUDA when present (pick GPUs with accelerate launch "
+                                                    "/ CUDA_VISIBLE_DEVICES).")] = TrainDevice.auto,
         force: Annotated[bool, typer.Option("--force", help="Retrain over an existing MODEL_DIR.")] = False,
-        json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+        json_out: JsonOpt = False,
     ) -> None:
         """Train the MSC and the soft-mask adapter on WORK; write MODEL_DIR."""
         from ..api import train
 
-        if device not in (None, "cpu", "auto"):
-            from ..errors import UsageError
-
-            raise UsageError(f"--device must be cpu or auto, got {device!r} (use accelerate launch / "
-                             "CUDA_VISIBLE_DEVICES to pick GPUs)")
-        with progress_reporter() as on_progress:
-            res = train(work, out, stage=stage, max_steps=max_steps, msc_steps=msc_steps, base_model=base_model,
-                        encoder=encoder, gamma=gamma, train_unet=train_unet, no_msc=no_msc, mask_mode=mask_mode,
-                        resolution=resolution, batch_size=batch_size, grad_accum=grad_accum,
-                        mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
-                        checkpoint_every=checkpoint_every, checkpoints_keep=checkpoints_keep, resume=resume,
-                        seed=seed, device=None if device == "auto" else device, force=force,
+        with progress_reporter() as on_progress, torch_threads():
+            res = train(work, out, stage=value(stage), max_steps=max_steps, msc_steps=msc_steps,
+                        base_model=base_model, encoder=encoder, gamma=gamma, train_unet=value(train_unet),
+                        no_msc=no_msc, mask_mode=value(mask_mode), resolution=resolution, batch_size=batch_size,
+                        grad_accum=grad_accum, mixed_precision=value(mixed_precision),
+                        gradient_checkpointing=gradient_checkpointing, checkpoint_every=checkpoint_every,
+                        checkpoints_keep=checkpoints_keep, resume=resume, seed=seed,
+                        device=None if device == TrainDevice.auto else value(device), force=force,
                         on_progress=on_progress)
         if not _is_main():
             return
