@@ -25,25 +25,26 @@ def test_info_json_is_one_document():
 
 def test_every_command_has_help():
     """Like sqlite-utils' test_docs: every command and option carries help text."""
-    import click
     import typer.main
 
     cmd = typer.main.get_command(app)
 
-    def walk(c, path):
+    def walk(c, path):          # duck-typed: Typer >= 0.2x vendors its own click classes
         yield path, c
-        if isinstance(c, click.Group):
-            for name, sub in c.commands.items():
-                yield from walk(sub, path + [name])
+        for name, sub in getattr(c, "commands", {}).items():
+            yield from walk(sub, path + [name])
 
+    seen = []
     for path, c in walk(cmd, []):
         if path:
             assert (c.help or c.short_help), f"command {' '.join(path)} has no help"
         for p in c.params:
-            if isinstance(p, click.Option) and p.name not in ("help",):
-                assert p.help, f"option {p.name} of {' '.join(path) or 'root'} has no help"
+            if p.param_type_name in ("option", "argument") and p.name not in ("help",):
+                assert p.help, f"{p.param_type_name} {p.name} of {' '.join(path) or 'root'} has no help"
+                seen.append((tuple(path), p.name))
         r = runner.invoke(app, path + ["--help"])
         assert r.exit_code == 0, (path, r.stdout)
+    assert (("balance",), "blend") in seen and (("evaluate", "quality"), "work") in seen   # the walk reached them
 
 
 def test_unknown_command_is_usage_error():

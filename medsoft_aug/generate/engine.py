@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -150,8 +150,9 @@ class InpaintEngine:
     # -- the loop -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def denoise(self, x0: torch.Tensor, mask: torch.Tensor, text_emb: torch.Tensor, uncond_emb: torch.Tensor,
-                e_msc: torch.Tensor, seeds: Sequence[int], opts: SamplingOptions) -> torch.Tensor:
-        """Inpaint one batch at the model grid.
+                e_msc: torch.Tensor, seeds: Sequence[int], opts: SamplingOptions,
+                on_step: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+        """Inpaint one batch at the model grid; ``on_step(done, total)`` is called after each DDIM step.
 
         Args:
             x0: (B, 1, R, R) donor images in [0, 1]. mask: (B, 1, R, R) soft masks M_b in [0, 1].
@@ -203,19 +204,22 @@ class InpaintEngine:
             else:
                 z_m_t = z_m
             z = p * m_b + z_m_t * (1.0 - m_b)                                            # Eq. 7
+            if on_step is not None:
+                on_step(i + 1, len(timesteps))
         return self.decode(z).cpu()
 
     def inpaint(self, donors: Sequence[np.ndarray], masks: Sequence[np.ndarray], text_emb: torch.Tensor,
                 uncond_emb: torch.Tensor, e_msc: Optional[torch.Tensor], seeds: Sequence[int],
                 opts: Optional[SamplingOptions] = None,
-                model_grid: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> list[np.ndarray]:
+                model_grid: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                on_step: Optional[Callable[[int, int], None]] = None) -> list[np.ndarray]:
         """Inpaint donors at their native grids.
 
         Args:
             donors: B arrays (H_b, W_b) float in [0, 1]. masks: B soft masks of the same shapes.
             text_emb (B, L, C), uncond_emb (1, L, C), e_msc (B, D) or None, seeds: as in :meth:`denoise`.
             model_grid: donors and masks already resized to (B, 1, R, R) (e.g. with the training resize);
-                default: bilinear antialiased resize of both.
+                default: bilinear antialiased resize of both. on_step: as in :meth:`denoise`.
         Returns:
             B float32 arrays (H_b, W_b) in [0, 1]: ``x0 * (1 - M_b) + decoded * M_b``.
         """
@@ -228,5 +232,5 @@ class InpaintEngine:
         else:
             x0 = torch.cat([to_model_grid(d, self.resolution) for d in donors]).clamp(0, 1)
             mk = torch.cat([to_model_grid(m, self.resolution) for m in masks]).clamp(0, 1)
-        dec = self.denoise(x0, mk, text_emb, uncond_emb, e_msc, seeds, opts)
+        dec = self.denoise(x0, mk, text_emb, uncond_emb, e_msc, seeds, opts, on_step)
         return [composite(d, to_native_grid(dec[i:i + 1], d.shape), m) for i, (d, m) in enumerate(zip(donors, masks))]

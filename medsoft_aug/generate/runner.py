@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -54,10 +54,11 @@ class Generator:
         return apply_mask_mode(mask, self.mask_mode)
 
     def inpaint(self, donors: Sequence[np.ndarray], masks: Sequence[np.ndarray], prompts: Sequence[str],
-                seeds: Sequence[int]) -> list[np.ndarray]:
+                seeds: Sequence[int], on_step: Optional[Callable[[int, int], None]] = None) -> list[np.ndarray]:
         """Inpaint one batch: donors and soft masks (H_b, W_b) in [0, 1] at their native grids, one prompt and
         seed each -> B float32 arrays (H_b, W_b) in [0, 1], exactly the donor's where :meth:`used_mask` is 0.
-        The model's mask mode applies on every grid: native (composite), model (I_m, e_MSC), latent (Eq. 7)."""
+        The model's mask mode applies on every grid: native (composite), model (I_m, e_MSC), latent (Eq. 7).
+        ``on_step(done, total)`` is called after each DDIM step."""
         res = self.engine.resolution
         masks = [self.used_mask(m) for m in masks]
         pairs = [resize_pair(d, m, res) for d, m in zip(donors, masks)]
@@ -67,4 +68,4 @@ class Generator:
         text_emb = self.trained.base.encode_prompt(texts)
         e = self.e_msc(x0, mr, texts)
         return self.engine.inpaint(list(donors), list(masks), text_emb, self.uncond, e, list(seeds), self.opts,
-                                   model_grid=(x0, mr))
+                                   model_grid=(x0, mr), on_step=on_step)

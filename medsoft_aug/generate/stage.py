@@ -44,7 +44,7 @@ import pandas as pd
 from ..errors import FailureList, InputError, ModelError, PartialFailure, UsageError
 from ..fsutil import atomic_path, atomic_save_npy, atomic_write_json, load_npy, sha256_file
 from ..manifest import LEDGER_FILE, MANIFEST_COLUMNS, Ledger, read_manifest, write_manifest
-from ..progress import ProgressFn, report
+from ..progress import ProgressFn, batch_steps, report
 from ..versions import package_versions
 from ..workdir import check_work, images_root_of, load_pair, normal_class_of
 from .plan import BalancePlan, PlanItem, parse_shard, plan_balance
@@ -223,7 +223,8 @@ def _generate(job: _Job, gen: Generator, todo: list[PlanItem], rows: dict[str, d
     batches are listed). Adds rows and failures in place; returns the number of samples generated."""
     by_id = job.index.set_index("sample_id", drop=False)
     mask_of = dict(zip(job.masks["sample_id"], job.masks["mask"]))
-    generated = 0
+    generated, n_batches = 0, -(-len(todo) // gen.batch_size)
+    report(job.on_progress, "balance", 0, len(todo))
     for start in range(0, len(todo), gen.batch_size):
         batch = todo[start:start + gen.batch_size]
         ok, pairs = [], []
@@ -233,8 +234,9 @@ def _generate(job: _Job, gen: Generator, todo: list[PlanItem], rows: dict[str, d
                 ok.append(it)
             except InputError as e:
                 failures.add(it.sample_id, str(e))
+        on_step = batch_steps(job.on_progress, "balance: denoising steps", start // gen.batch_size, n_batches)
         outs = gen.inpaint([p[0] for p in pairs], [p[1] for p in pairs], [it.prompt for it in ok],
-                           [it.seed for it in ok]) if ok else []
+                           [it.seed for it in ok], on_step) if ok else []
         new = {}
         for it, img, (_, msk) in zip(ok, outs, pairs):
             try:
