@@ -146,3 +146,23 @@ def test_plain_progress_lines_have_eta():
     assert output._plain_line("balance", 10, 40, 30.0) == "balance: 10/40 (25%), 30 s, ETA 1 min 30 s"
     assert output._plain_line("balance", 40, 40, 125.0) == "balance: 40/40 (100%), 2 min 05 s"
     assert output._plain_line("ingest", 3, 0, 1.0) == "ingest: 3/?, 1 s"
+
+
+def test_balance_reports_every_denoising_step(tmp_path, tiny_model_dir):
+    """Progress within a batch: one plain line per 10% of all DDIM steps of the run (stderr is not a terminal
+    here), with an ETA; the result line on stdout."""
+    from _balance_helpers import one_thread, write_work
+
+    work = write_work(tmp_path / "work", {"normal": 3, "benign": 1})
+    with one_thread():
+        r = runner.invoke(app, ["balance", str(work), "--model", str(tiny_model_dir), "-o", str(tmp_path / "o"),
+                                "--steps", "10", "--batch-size", "2", "--device", "cpu"])
+    assert r.exit_code == 0, r.stderr
+    steps = [ln for ln in r.stderr.splitlines() if ln.startswith("balance: denoising steps: ")]
+    done = [int(ln.split(": ")[2].split("/")[0]) for ln in steps]
+    assert done == sorted(done) and done[-1] == 10 and len(done) >= 5        # 1 batch of 2 samples x 10 steps
+    assert all("ETA" in ln for ln in steps if "(100%)" not in ln)
+    assert r.stdout.startswith("balance: 2 generated")
+    q = runner.invoke(app, ["-q", "balance", str(work), "--model", str(tiny_model_dir), "-o", str(tmp_path / "o"),
+                            "--steps", "10", "--batch-size", "2", "--device", "cpu"])
+    assert q.exit_code == 0 and q.stderr == "" and "already done" in q.stdout

@@ -5,21 +5,13 @@ toward the class's real lesions - benign (hemangioma-like, T2 bright) up, malign
 """
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
-
-from medsoft_aug.cli.app import app
 
 
 @pytest.mark.slow
-def test_demo_chain_balances_and_lesions_move_toward_their_class(tmp_path):
-    out = tmp_path / "demo"
-    r = CliRunner().invoke(app, ["demo", "--out", str(out), "--json"])
-    assert r.exit_code == 0, r.stderr
-    res = json.loads(r.stdout)
+def test_demo_chain_balances_and_lesions_move_toward_their_class(demo_run):
+    out, res = demo_run.out, demo_run.result      # the session's one demo run (conftest.demo_run)
     assert (out / "contact_sheet.png").is_file() and (out / "demo.json").is_file()
     man = pd.read_csv(res["manifest"], dtype=str, keep_default_na=False)
     train = man[man.split == "train"]

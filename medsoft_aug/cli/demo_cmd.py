@@ -39,10 +39,10 @@ def demo_command(
     --threads says otherwise."""
     from ..api import demo
 
+    threads = DEMO_THREADS if STATE["threads"] is None else STATE["threads"] or None     # 0: torch's choice
     with progress_reporter() as on_progress:
         res = demo(out, train_steps=train_steps or max_steps, steps=steps, guidance=guidance, seed=seed,
-                   device=device, threads=DEMO_THREADS if STATE["threads"] is None else STATE["threads"] or None, blend=value(blend),
-                   on_progress=on_progress)
+                   device=device, threads=threads, blend=value(blend), on_progress=on_progress)
     if json_out:
         print_json(res)
         return
