@@ -42,7 +42,6 @@ def test_help_lists_choices_and_marks_required():
     for choices in ("all|msc|smis", "soft|hard", "none|full", "no|fp16|bf16", "auto|cpu"):
         assert choices in train, choices
     assert "generic|rsna2024" in _help(["ingest"])
-    assert "baseline|oversample|classical|medsoft" in _help(["evaluate", "classify"])
     quality = _help(["evaluate", "quality"])
     assert "quality [OPTIONS] WORK" in quality and "[required]" in quality and "--work" not in quality
 
