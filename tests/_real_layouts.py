@@ -72,6 +72,7 @@ def sd15_folder() -> Path:
     AutoencoderKL(**VAE).save_pretrained(out / "vae", safe_serialization=True)
     cfg = {k: v for k, v in CLIP_TEXT.items() if k != "architectures"}
     CLIPTextModel(CLIPTextConfig(**cfg)).save_pretrained(out / "text_encoder", safe_serialization=True)
+    _hub_text_keys(out / "text_encoder" / "model.safetensors")
     write_clip_tokenizer(out / "tokenizer")
     PNDMScheduler.from_config(SD15_SCHEDULER).save_pretrained(out / "scheduler")
     (out / "model_index.json").write_text(json.dumps(SD15_INDEX, indent=2))
@@ -81,6 +82,16 @@ def sd15_folder() -> Path:
         name = "config.json" if sub == "safety_checker" else "preprocessor_config.json"
         (out / sub / name).write_text(json.dumps(doc))
     return out
+
+
+def _hub_text_keys(path: Path) -> None:
+    """Rewrite a CLIP text encoder's keys as the hub's files (written by transformers 4) name them:
+    ``text_model.embeddings...`` (transformers 5 saves ``embeddings...`` and maps the old names on load)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(path))
+    save_file({(k if k.startswith("text_model.") else "text_model." + k): v for k, v in state.items()},
+              str(path), metadata={"format": "pt"})
 
 
 @functools.lru_cache(maxsize=1)
@@ -169,3 +180,143 @@ def without(folder: Path, dest: Path, *names: str) -> Path:
     for n in names:
         (dest / n).unlink()
     return dest
+
+
+# ---- the original (CompVis LDM) single-file layout ----------------------------------------------------------
+_RESNET = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
+           ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection"))
+
+
+def _ldm_unet_key(key: str, layers: int) -> str:
+    """A diffusers UNet2DConditionModel key -> its name in the original LDM UNetModel (openaimodel.py)."""
+    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    head, _, leaf = key.rpartition(".")
+    if head in fixed:
+        return f"{fixed[head]}.{leaf}"
+    p = key.split(".")
+    if p[0] == "down_blocks":
+        i, kind, rest = int(p[1]), p[2], p[3:]
+        if kind == "downsamplers":                                  # downsamplers.0.conv.weight
+            return ".".join([f"input_blocks.{(layers + 1) * (i + 1)}.0.op", *rest[2:]])
+        j = int(rest[0])
+        block = f"input_blocks.{(layers + 1) * i + j + 1}.{0 if kind == 'resnets' else 1}"
+        return _inner(block, kind, rest[1:])
+    if p[0] == "up_blocks":
+        i, kind, rest = int(p[1]), p[2], p[3:]
+        if kind == "upsamplers":                                    # upsamplers.0.conv.weight
+            n_attn_before = 1 if i == 0 else 2
+            return ".".join([f"output_blocks.{(layers + 1) * i + layers}.{n_attn_before}", *rest[1:]])
+        j = int(rest[0])
+        block = f"output_blocks.{(layers + 1) * i + j}.{0 if kind == 'resnets' else 1}"
+        return _inner(block, kind, rest[1:])
+    if p[0] == "mid_block":
+        kind, j, rest = p[1], int(p[2]), p[3:]
+        return _inner(f"middle_block.{1 if kind == 'attentions' else 2 * j}", kind, rest)
+    raise KeyError(key)
+
+
+def _inner(block: str, kind: str, rest: list[str]) -> str:
+    name = ".".join(rest)
+    if kind == "resnets":
+        for new, old in _RESNET:
+            if name.startswith(new + "."):
+                name = old + name[len(new):]
+                break
+    return f"{block}.{name}"
+
+
+def _ldm_vae_key(key: str, n_blocks: int) -> str:
+    """A diffusers AutoencoderKL key -> its name in the original LDM Encoder/Decoder (model.py)."""
+    p = key.split(".")
+    if p[0] not in ("encoder", "decoder"):
+        return key                                                  # quant_conv, post_quant_conv
+    side, rest = p[0], p[1:]
+    if rest[0] in ("conv_norm_out",):
+        return ".".join([side, "norm_out", *rest[1:]])
+    if rest[0] in ("down_blocks", "up_blocks"):
+        i = int(rest[1])
+        level = i if rest[0] == "down_blocks" else n_blocks - 1 - i
+        stage = "down" if rest[0] == "down_blocks" else "up"
+        if rest[2] in ("downsamplers", "upsamplers"):
+            return ".".join([side, stage, str(level), "downsample" if stage == "down" else "upsample", *rest[4:]])
+        name = ".".join(rest[4:]).replace("conv_shortcut", "nin_shortcut")
+        return f"{side}.{stage}.{level}.block.{rest[3]}.{name}"
+    if rest[0] == "mid_block":
+        if rest[1] == "resnets":
+            name = ".".join(rest[3:]).replace("conv_shortcut", "nin_shortcut")
+            return f"{side}.mid.block_{int(rest[2]) + 1}.{name}"
+        attn = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out": "proj_out"}
+        tail = rest[3:]
+        sub = attn[tail[0]]
+        leaf = tail[-1]
+        return f"{side}.mid.attn_1.{sub}.{leaf}"
+    return key
+
+
+def original_layout(unet: dict, vae: dict, text: dict, unet_cfg: dict, vae_cfg: dict) -> dict:
+    """diffusers state dicts (UNet, VAE, CLIP text encoder) -> one original-layout state dict."""
+    state = {}
+    for k, v in unet.items():
+        state["model.diffusion_model." + _ldm_unet_key(k, unet_cfg["layers_per_block"])] = v
+    for k, v in vae.items():
+        name = _ldm_vae_key(k, len(vae_cfg["block_out_channels"]))
+        if ".mid.attn_1." in name and name.endswith(".weight") and v.ndim == 2:
+            v = v[:, :, None, None]                                 # LDM's attention uses 1x1 convolutions
+        state["first_stage_model." + name] = v
+    for k, v in text.items():
+        state["cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k)] = v
+    return state
+
+
+def write_single_file(folder: Path, out: Path) -> Path:
+    """The diffusers folder ``folder``'s UNet, VAE and CLIP text encoder as one original-layout safetensors
+    checkpoint (the layout of ``v1-5-pruned-emaonly.safetensors``)."""
+    from safetensors.torch import load_file, save_file
+
+    state = original_layout(load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors")),
+                            load_file(str(folder / "vae" / "diffusion_pytorch_model.safetensors")),
+                            load_file(str(folder / "text_encoder" / "model.safetensors")),
+                            json.loads((folder / "unet" / "config.json").read_text()),
+                            json.loads((folder / "vae" / "config.json").read_text()))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out))
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def single_file_checkpoint() -> Path:
+    """``sd15_folder()`` as ``v1-5-pruned-emaonly.safetensors``, alone in a folder."""
+    out = layouts_root() / "single" / "v1-5-pruned-emaonly.safetensors"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return write_single_file(sd15_folder(), out)
+
+
+@functools.lru_cache(maxsize=1)
+def single_file_with_configs() -> Path:
+    """The SD1.5 repository downloaded without its per-part weights: the root single file beside the configs."""
+    root = layouts_root() / "sd15-single-with-configs"
+    src = sd15_folder()
+    for p in src.rglob("*"):
+        if p.is_file() and p.suffix != ".safetensors":
+            (root / p.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, root / p.relative_to(src))
+    shutil.copy(single_file_checkpoint(), root / "v1-5-pruned-emaonly.safetensors")
+    return root / "v1-5-pruned-emaonly.safetensors"
+
+
+def sd15_full_size_shapes(in_channels: int = 4) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes of the real v1-5-pruned-emaonly.safetensors, from SD1.5-sized models on the meta device
+    (the shipped configs) renamed to the original layout."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from medsoft_aug.models.single_file import SD15_CONFIG_DIR
+
+    cfg = {p: json.loads((SD15_CONFIG_DIR / p / "config.json").read_text()) for p in ("unet", "vae", "text_encoder")}
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config({**cfg["unet"], "in_channels": in_channels}).state_dict()
+        vae = AutoencoderKL.from_config(cfg["vae"]).state_dict()
+        te = {k: v for k, v in cfg["text_encoder"].items() if not k.startswith("_") and k != "architectures"}
+        text = CLIPTextModel(CLIPTextConfig(**te)).state_dict()
+    state = original_layout(unet, vae, text, cfg["unet"], cfg["vae"])
+    return {k: tuple(v.shape) for k, v in state.items()}

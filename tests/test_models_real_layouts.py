@@ -20,7 +20,8 @@ from medsoft_aug.models.encoders import SHIPPED_BERT_DIR, load_encoder
 
 from _models_helpers import single_thread, tiny_encoder, TEXTS  # noqa: F401 - single_thread: autouse fixture
 from _real_layouts import (BIOMEDBERT, biomedclip_folder, biomedclip_legacy_folder, inpaint_folder, sd15_folder,
-                           sdxl_folder, without)
+                           sd15_full_size_shapes, sdxl_folder, single_file_checkpoint, single_file_with_configs,
+                           without)
 
 # The SD1.5 repository's files (stable-diffusion-v1-5/stable-diffusion-v1-5), as listed by the hub
 SD15_REPO_FILES = [
@@ -159,6 +160,50 @@ def test_hub_download_configs_first_then_only_loaded_weights(monkeypatch, tmp_pa
     assert len(fake.calls) == 1 and not any(f.endswith(".safetensors") for f in fake.calls[0])
 
 
+# ---- single-file checkpoints ----------------------------------------------------------------------------
+def test_single_file_beside_its_configs_loads_the_same_weights():
+    ref = load_base_model(str(sd15_folder()))
+    model = load_base_model(str(single_file_with_configs()))
+    assert model.resolution == 64 and model.weight_files == [single_file_with_configs()]
+    for part in ("unet", "vae", "text_encoder"):
+        a, b = getattr(model, part).state_dict(), getattr(ref, part).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in b), part
+    assert model.tokenizer("a photo of a cat").input_ids == ref.tokenizer("a photo of a cat").input_ids
+
+
+def test_single_file_alone_gets_the_shipped_sd15_configs_only_for_sd15_shapes(monkeypatch, tmp_path):
+    import medsoft_aug.models.single_file as sf
+
+    with pytest.raises(ModelError, match=r"not Stable Diffusion 1.5's shapes.*python -c \"from diffusers import "
+                                         r"StableDiffusionPipeline.*from_single_file"):
+        load_base_model(str(single_file_checkpoint()))        # tiny widths, no configs beside it
+    fake = tmp_path / "v1-5-pruned-emaonly.safetensors"
+    fake.write_bytes(b"")
+    monkeypatch.setattr(sf, "header_shapes", lambda p: sd15_full_size_shapes())
+    assert sf.single_file_config(fake) == sf.SD15_CONFIG_DIR
+    monkeypatch.setattr(sf, "header_shapes", lambda p: sd15_full_size_shapes(in_channels=9))
+    with pytest.raises(ModelError, match="9 input channels.*inpainting"):
+        sf.single_file_config(fake)
+    monkeypatch.setattr(sf, "header_shapes", lambda p: {"conditioner.embedders.0.x": (1,), **sd15_full_size_shapes()})
+    with pytest.raises(ModelError, match="SDXL"):
+        sf.single_file_config(fake)
+    ckpt = tmp_path / "v1-5-pruned-emaonly.ckpt"
+    ckpt.write_bytes(b"PK")
+    with pytest.raises(ModelError, match=r"pickle checkpoint.*convert it"):
+        load_base_model(str(ckpt))
+
+
+def test_shipped_sd15_configs_are_sd15():
+    from diffusers import UNet2DConditionModel
+
+    from medsoft_aug.models.single_file import SD15_CONFIG_DIR
+
+    check_base_configs(read_base_configs(SD15_CONFIG_DIR), "shipped")
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SD15_CONFIG_DIR / "unet"))
+    assert sum(p.numel() for p in unet.parameters()) == 859_520_964
+
+
 # ---- BiomedCLIP ----------------------------------------------------------------------------------------------
 def _same_features(enc, ref) -> None:
     x = torch.rand(2, 1, 64, 48, generator=torch.Generator().manual_seed(3))
@@ -252,9 +297,10 @@ def _cli(*args):
     return CliRunner().invoke(app, [*map(str, args)])
 
 
-def test_cli_train_and_balance_on_real_layouts(work, tmp_path):
+@pytest.mark.parametrize("base", [sd15_folder, single_file_with_configs], ids=["folder", "single-file"])
+def test_cli_train_and_balance_on_real_layouts(work, tmp_path, base):
     model_dir, out = tmp_path / "M", tmp_path / "OUT"
-    res = _cli("train", work, "--out", model_dir, "--base-model", sd15_folder(), "--encoder",
+    res = _cli("train", work, "--out", model_dir, "--base-model", base(), "--encoder",
                biomedclip_legacy_folder(), "--max-steps", 1, "--batch-size", 2, "--checkpoint-every", 0,
                "--device", "cpu", "--json")
     assert res.exit_code == 0, res.stderr + res.stdout

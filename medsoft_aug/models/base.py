@@ -8,8 +8,13 @@
   * a local folder in diffusers layout: ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``,
     weights as safetensors (``diffusion_pytorch_model.safetensors`` / ``model.safetensors``, or only their
     ``.fp16.safetensors`` variant); other folders (safety_checker, feature_extractor) are ignored;
-  * a hub id ``org/name`` (e.g. ``stable-diffusion-v1-5/stable-diffusion-v1-5``), online only.
-A missing part or non-safetensors weights give a ModelError naming the part.
+  * a single-file checkpoint in the original layout (``v1-5-pruned-emaonly.safetensors``), offline, with the
+    configs beside it or the shipped SD1.5 configs (``single_file``); otherwise refused with the conversion command;
+  * a hub id ``org/name`` (e.g. ``stable-diffusion-v1-5/stable-diffusion-v1-5``), online only: only the files the
+    folder loader reads are downloaded, the configs first (``base_checks.hub_file_selection``).
+A missing part or non-safetensors weights give a ModelError naming the part. Before any weight is read the
+configs are checked (``base_checks.check_base_configs``): inpainting and SDXL models, mismatched widths and
+schedulers DDIM cannot be made from are refused with exit 3.
 """
 from __future__ import annotations
 
@@ -118,6 +123,8 @@ def load_base_model(ref: str = "tiny", device: str | torch.device = "cpu",
     path = Path(ref).expanduser()
     if path.is_dir():
         return _load_folder(path, device, dtype)
+    if path.is_file():
+        return _load_single_file(path, device, dtype)
     if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") != 1:
         raise ModelError(f"base model {ref!r}: not 'tiny', a diffusers-layout folder, or a hub id 'org/name'")
     return _load_hub(ref, device, dtype)
@@ -275,6 +282,22 @@ def _load_folder(folder: Path, device, dtype) -> BaseModel:
     res = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
     model = BaseModel(unet, vae, text_encoder, tokenizer, train_sched, _ddim_config(train_sched.config),
                       str(folder.resolve()), res, files)
+    return _freeze(model, device, dtype)
+
+
+def _load_single_file(path: Path, device, dtype) -> BaseModel:
+    """An original-layout checkpoint (``v1-5-pruned-emaonly.safetensors``): see ``single_file``."""
+    from diffusers import DDPMScheduler
+
+    from .single_file import load_single_file, single_file_config
+
+    config_dir = single_file_config(path)                     # header only: refusals before any weight
+    with _quiet_hf():
+        unet, vae, text_encoder, tokenizer, sched_cfg = load_single_file(path, config_dir, dtype)
+    train_sched = DDPMScheduler.from_config(sched_cfg)
+    res = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+    model = BaseModel(unet, vae, text_encoder, tokenizer, train_sched, _ddim_config(train_sched.config),
+                      str(path.resolve()), res, [path])
     return _freeze(model, device, dtype)
 
 
