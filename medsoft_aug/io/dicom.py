@@ -20,9 +20,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .dicom_pixels import (attr, dcmread, decode_frames, floats, has_dicm_preamble, n_frames_of, pixel_spacing,
+from .dicom_pixels import (attr, dcmread, floats, has_dicm_preamble, n_frames_of, pixel_spacing,
                            to_physical)
 from .nifti import label_array, spacing_from_affine, to_closest_canonical
+from .sitk_reader import decode_with_fallback
 from .types import ImageData
 
 log = logging.getLogger("medsoft_aug.io.dicom")
@@ -65,7 +66,7 @@ def read_dicom_file(path: str | Path, *, label_map: bool = False) -> ImageData:
     ds = dcmread(path, force=not has_dicm_preamble(path))
     if "Rows" not in ds:
         raise InputError(f"{path.name}: not a readable DICOM image (no Rows/Columns: truncated or not an image)")
-    stored = decode_frames(ds, path.name)
+    stored = decode_with_fallback(ds, path)      # GDCM when pydicom cannot decode
     phys, meta = to_physical(ds, stored, label_map=label_map)
     n = stored.shape[0]
     meta.update(_common_meta(ds), n_frames=n, dicom_files=[str(path)])
@@ -124,7 +125,7 @@ def read_dicom_series(folder: str | Path, *, label_map: bool = False) -> ImageDa
     for k, idx in enumerate(geom.order):
         path = headers[idx][0]
         ds = dcmread(path, force=not has_dicm_preamble(path))
-        stored = decode_frames(ds, path.name)
+        stored = decode_with_fallback(ds, path)      # GDCM when pydicom cannot decode
         if stored.shape[1:] != (rows, cols):
             raise InputError(f"{path.name}: pixel data size differs from the header")
         phys, m = to_physical(ds, stored, label_map=label_map)

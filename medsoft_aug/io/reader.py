@@ -6,6 +6,8 @@ Dispatch on what ``path`` is:
 folder                                   DICOM series (:func:`medsoft_aug.io.dicom.read_dicom_series`)
 ``.nii`` / ``.nii.gz``                   NIfTI (:func:`medsoft_aug.io.nifti.read_nifti`)
 ``.png`` / ``.tif`` / ``.tiff``          raster (:func:`medsoft_aug.io.raster.read_raster`)
+``.nrrd`` / ``.nhdr`` / ``.mha`` /       3D volume in physical space via SimpleITK
+``.mhd``                                 (:func:`medsoft_aug.io.sitk_reader.read_volume_sitk`)
 ``.dcm``, or any file with the DICM      DICOM file (:func:`medsoft_aug.io.dicom.read_dicom_file`)
 preamble
 =======================================  =======================================================
@@ -22,9 +24,10 @@ from .dicom_pixels import has_dicm_preamble
 from .nifti import read_nifti
 from .quiet import header_warnings
 from .raster import RASTER_SUFFIXES, read_raster
+from .sitk_reader import SITK_SUFFIXES, read_volume_sitk
 from .types import ImageData
 
-SUPPORTED = "a DICOM file or series folder, .nii/.nii.gz, .png, .tif/.tiff"
+SUPPORTED = "a DICOM file or series folder, .nii/.nii.gz, .nrrd/.mha/.mhd, .png, .tif/.tiff"
 
 
 def read_image(path: str | Path, *, label_map: bool = False) -> ImageData:
@@ -55,6 +58,8 @@ def read_image(path: str | Path, *, label_map: bool = False) -> ImageData:
     name = p.name.lower()
     if name.endswith(".nii") or name.endswith(".nii.gz"):
         return read_nifti(p, label_map=label_map)
+    if name.endswith(SITK_SUFFIXES):
+        return read_volume_sitk(p, label_map=label_map)
     if name.endswith(RASTER_SUFFIXES):
         return read_raster(p, label_map=label_map)
     if name.endswith(".dcm") or has_dicm_preamble(p):
