@@ -160,6 +160,21 @@ def test_hub_download_configs_first_then_only_loaded_weights(monkeypatch, tmp_pa
     assert len(fake.calls) == 1 and not any(f.endswith(".safetensors") for f in fake.calls[0])
 
 
+def test_hub_id_offline_uses_the_hf_cache(monkeypatch):
+    import huggingface_hub
+
+    def offline(self, repo_id, **k):
+        raise huggingface_hub.errors.OfflineModeIsEnabled("offline")
+
+    def cache_only(repo_id, local_files_only=False, **k):
+        assert local_files_only
+        return str(sd15_folder())
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", offline)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", cache_only)
+    assert load_base_model("stable-diffusion-v1-5/stable-diffusion-v1-5").resolution == 64
+
+
 # ---- single-file checkpoints ----------------------------------------------------------------------------
 def test_single_file_beside_its_configs_loads_the_same_weights():
     ref = load_base_model(str(sd15_folder()))
@@ -222,6 +237,25 @@ def test_biomedclip_pickle_weights_current_and_legacy_config(caplog):
         _same_features(enc, tiny_encoder())
     legacy = json.loads((biomedclip_legacy_folder() / "open_clip_config.json").read_text())["model_cfg"]["text_cfg"]
     assert legacy["proj"] == "mlp" and "hf_proj_type" not in legacy          # the folder is read, not rewritten
+
+
+class _Planted:
+    """Unpickling this would create a file (what a malicious checkpoint would do)."""
+
+    def __init__(self, target: str):
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.target),))
+
+
+def test_biomedclip_pickle_with_code_is_refused(tmp_path):
+    folder = without(biomedclip_folder(), tmp_path / "evil", "open_clip_pytorch_model.bin")
+    planted = tmp_path / "planted"
+    torch.save({"logit_scale": _Planted(str(planted))}, folder / "open_clip_pytorch_model.bin")
+    with pytest.raises(ModelError, match=r"cannot load open_clip_pytorch_model.bin \(UnpicklingError"):
+        load_encoder(str(folder))
+    assert not planted.exists()
 
 
 def test_biomedclip_hash_is_of_the_file_open_clip_loads(tmp_path):

@@ -318,20 +318,37 @@ def _from_pretrained(folder: Path, variants: dict, dtype):
 
 def _load_hub(ref: str, device, dtype) -> BaseModel:
     """Download exactly the files the folder loader reads (configs first: a wrong model is refused before any
-    weight is downloaded), then load the snapshot folder."""
+    weight is downloaded), then load the snapshot folder. Offline, a snapshot already in the HF cache is used."""
     from huggingface_hub import HfApi, snapshot_download
 
     try:
-        chosen = hub_file_selection(list(HfApi().list_repo_files(ref)))
-        configs = [f for f in chosen if not f.endswith(".safetensors")]
-        path = Path(snapshot_download(ref, allow_patterns=configs))
-        check_base_configs(read_base_configs(path), ref)
-        path = Path(snapshot_download(ref, allow_patterns=chosen))
-    except ModelError:
-        raise
-    except Exception as e:  # noqa: BLE001 - offline / unknown id / auth: one clear line
-        raise ModelError(f"base model {ref!r}: cannot download from the Hugging Face hub (offline or unknown "
-                         f"id? {type(e).__name__}); use a local diffusers-layout folder instead") from e
+        files = list(HfApi().list_repo_files(ref))
+    except Exception as e:  # noqa: BLE001 - offline / unknown id / auth: try the cache, else one clear line
+        path = _cached_snapshot(ref)
+        if path is None:
+            raise ModelError(f"base model {ref!r}: cannot reach the Hugging Face hub (offline or unknown id? "
+                             f"{type(e).__name__}) and it is not in the HF cache; use a local diffusers-layout "
+                             f"folder instead") from e
+    else:
+        chosen = hub_file_selection(files)
+        try:
+            path = Path(snapshot_download(ref, allow_patterns=[f for f in chosen if not f.endswith(".safetensors")]))
+            check_base_configs(read_base_configs(path), ref)
+            path = Path(snapshot_download(ref, allow_patterns=chosen))
+        except ModelError:
+            raise
+        except Exception as e:  # noqa: BLE001 - network / disk failures mid-download: one clear line
+            raise ModelError(f"base model {ref!r}: download from the Hugging Face hub failed "
+                             f"({type(e).__name__})") from e
     model = _load_folder(path, device, dtype)
     model.ref = ref
     return model
+
+
+def _cached_snapshot(ref: str) -> Optional[Path]:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(ref, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached (or an invalid id): the caller says so
+        return None
