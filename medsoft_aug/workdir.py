@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from .csvio import read_csv_strings
 from .errors import InputError
 from .fsutil import load_npy, sha256_file
 
@@ -67,7 +68,7 @@ def read_index(work: str | Path) -> pd.DataFrame:
     path = Path(work) / "index.csv"
     if not path.is_file():
         raise InputError(f"{path} not found: run `medsoft-aug ingest` first")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = read_csv_strings(path, "index.csv", strip=False)  # empty, cut, non-UTF-8 -> InputError (exit 3)
     missing = [c for c in ("sample_id", "label", "split", "image") if c not in df.columns]
     if missing:
         raise InputError(f"{path} is missing columns: {', '.join(missing)}")
@@ -78,7 +79,7 @@ def read_masks(work: str | Path) -> pd.DataFrame:
     path = Path(work) / "masks.csv"
     if not path.is_file():
         raise InputError(f"{path} not found: run `medsoft-aug masks build` first")
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    return read_csv_strings(path, "masks.csv", strip=False)
 
 
 def _ingest_record(work: Path) -> dict:

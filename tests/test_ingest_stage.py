@@ -83,7 +83,7 @@ def test_split_column_honoured(tmp_path):
     rng = np.random.default_rng(12)
     d = make_generic_dataset(tmp_path, rng, n_patients=2)
     rows = [dict(r, split=["train", "val", "test"][k % 3]) for k, r in enumerate(d["rows"])]
-    labels = write_csv(tmp_path / "split.csv", rows, list(rows[0].keys()) + ["slice", "split"])
+    labels = write_csv(tmp_path / "split.csv", rows, list(dict.fromkeys([*rows[0].keys(), "slice", "split"])))
     ingest(labels, d["images"], tmp_path / "W")
     assert read_index(tmp_path / "W")["split"].tolist() == [r["split"] for r in rows]
 

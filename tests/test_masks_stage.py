@@ -134,10 +134,15 @@ def test_source_options_and_auto_fallback(tmp_path):
     with pytest.raises(PartialFailure) as ei:
         build_masks(work, source="seg")  # t1 has no seg
     assert {f.sample_id for f in ei.value.failures} == {"t1"}
-    # auto: unusable level but x, y present -> coords box
-    work2 = make_work(tmp_path / "w2", [dict(sample_id="a", seg=phantom_seg(), level="??", x=30, y=30)])
-    res = build_masks(work2)
-    assert res.by_source == {"coords": 1}
+    # auto: a level that names no vertebra is an error for that sample, not a silent coords box (issue 8)
+    work2 = make_work(tmp_path / "w2", [dict(sample_id="a", seg=phantom_seg(), level="??", x=30, y=30),
+                                        dict(sample_id="b", seg=phantom_seg(), level="L99", x=30, y=30),
+                                        dict(sample_id="c", seg=phantom_seg(), level="L2", x=30, y=30)])
+    with pytest.raises(PartialFailure) as ei:
+        build_masks(work2)
+    probs = {f.sample_id: f.problem for f in ei.value.failures}
+    assert set(probs) == {"a", "b"} and "L99" in probs["b"] and "not a known vertebra" in probs["b"]
+    assert ei.value.result.by_source == {"seg": 1}
 
 
 def test_ambiguous_numbering_takes_majority_and_dilation(tmp_path):

@@ -12,6 +12,7 @@ are fatal InputErrors.
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 from pathlib import Path
@@ -45,10 +46,35 @@ def _number_or_problem(text: str, name: str, *, integer: bool = False) -> tuple[
     return v, ""
 
 
-def parse_generic(labels: Path) -> list[SampleSpec]:
-    """Parse a generic labels CSV into sample specs (no image is opened)."""
+def unknown_column_warnings(columns: list[str]) -> list[str]:
+    """One message per column the generic layout does not read, naming the closest known column (difflib):
+    a typo such as ``levle`` would otherwise turn seg masks into boxes without a word."""
+    known = REQUIRED + OPTIONAL
+    out = []
+    for c in columns:
+        if c in known:
+            continue
+        near = difflib.get_close_matches(c.lower(), known, n=1, cutoff=0.6)
+        hint = f"; did you mean {near[0]!r}?" if near else f"; known columns: {', '.join(known)}"
+        out.append(f"labels CSV column {c!r} is not a known column and is ignored{hint}")
+    return out
+
+
+def _warn_unknown(columns: list[str], notes: Optional[list[dict[str, str]]]) -> None:
+    for w in unknown_column_warnings(columns):
+        log.warning("%s", w)
+        if notes is not None:
+            notes.append({"sample_id": "", "warning": w})
+
+
+def parse_generic(labels: Path, notes: Optional[list[dict[str, str]]] = None) -> list[SampleSpec]:
+    """Parse a generic labels CSV into sample specs (no image is opened).
+
+    Unknown columns are warned about (logged, and appended to ``notes`` as ``{"sample_id": "", "warning": ...}``
+    for the run record)."""
     df = read_csv_table(labels, "labels CSV")
     require_columns(df, REQUIRED, "labels CSV", labels)
+    _warn_unknown(list(df.columns), notes)
     if len(df) == 0:
         raise InputError(f"labels CSV {labels.name} has no rows")
     cols = {c: (df[c].tolist() if c in df.columns else [""] * len(df)) for c in REQUIRED + OPTIONAL}

@@ -53,7 +53,7 @@ class SampleReader:
                 img = read_image(path, label_map=label_map)
             except MedsoftError as e:
                 err = SampleError(f"cannot read {what} {rel}: {' '.join(str(e).split())}")
-            except (OSError, ValueError, TypeError, KeyError, IndexError, EOFError, AttributeError) as e:
+            except Exception as e:  # noqa: BLE001 - third-party decoders raise anything on damaged files
                 err = SampleError(f"cannot read {what} {rel} ({type(e).__name__})")
             else:
                 if img.array.ndim not in (2, 3):
@@ -82,8 +82,9 @@ def _choose_slice(spec: SampleSpec, img: ImageData) -> Optional[int]:
 
 
 def ingest_one(spec: SampleSpec, reader: SampleReader, window: tuple[float, float]) -> dict[str, Any]:
-    """Process one sample. Returns ``image`` (float32 (H, W) in [0, 1]), ``seg`` (float32 (H, W) or None) and
-    the index fields (source_format, slice_index, height, width, spacing_row/col, window_lo/hi, geometry JSON).
+    """Process one sample. Returns ``image`` (float32 (H, W) in [0, 1]), ``seg`` (float32 (H, W) or None),
+    ``warnings`` (reader warnings, one line each: e.g. a NIfTI whose sform and qform disagree) and the index
+    fields (source_format, slice_index, height, width, spacing_row/col, window_lo/hi, geometry JSON).
     Raises SampleError for any per-sample problem."""
     if spec.problem:
         raise SampleError(spec.problem)
@@ -111,6 +112,9 @@ def ingest_one(spec: SampleSpec, reader: SampleReader, window: tuple[float, floa
         # float32 as WORK/ promises; float64 kept only when a label value is not exact in float32.
         seg_slice = as32 if np.array_equal(as32, seg_slice) else seg_slice.astype(np.float64)
     sp_row, sp_col = slice_spacing(img.spacing, geom)
-    return {"image": norm, "seg": seg_slice, "source_format": img.source_format, "slice_index": idx,
+    warnings = [f"image {spec.image}: {w}" for w in img.meta.get("warnings", ())]
+    if spec.seg:
+        warnings += [f"seg {spec.seg}: {w}" for w in seg.meta.get("warnings", ())]
+    return {"warnings": warnings, "image": norm, "seg": seg_slice, "source_format": img.source_format, "slice_index": idx,
             "height": h, "width": w, "spacing_row": sp_row, "spacing_col": sp_col, "window_lo": lo,
             "window_hi": hi, "geometry": geometry_json(geom)}

@@ -8,6 +8,7 @@ from typing import Optional
 
 import pandas as pd
 
+from ..csvio import read_csv_strings
 from ..errors import InputError
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -42,15 +43,44 @@ class SamplePathError(ValueError):
     """A CSV path that is absolute or resolves outside the --images root."""
 
 
+def safe_resolve(path: Path, what: str) -> Path:
+    """``path.resolve()``; InputError (not a RuntimeError/OSError/ValueError) for symlink loops, NUL bytes, ..."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError, ValueError) as e:
+        raise InputError(f"{what} {path} cannot be resolved ({_why(e)})") from None
+
+
+def safe_is_dir(path: Path) -> bool:
+    try:
+        return Path(path).is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, RuntimeError) or (isinstance(e, OSError) and e.errno == 40):  # ELOOP
+        return "symlink loop"
+    if isinstance(e, ValueError):
+        return "NUL byte in the path"
+    return type(e).__name__
+
+
 def resolve_under(root: Path, rel: str) -> Path:
-    """``root / rel`` resolved (symlinks followed); SamplePathError if absolute or outside ``root``."""
+    """``root / rel`` resolved (symlinks followed); SamplePathError if absolute, outside ``root``, a symlink loop
+    or not a valid path (NUL byte)."""
     if not rel:
         raise SamplePathError("empty path")
+    if "\0" in rel:
+        raise SamplePathError("path contains a NUL byte")
     p = Path(rel)
     if p.is_absolute() or re.match(r"^[A-Za-z]:[\\/]", rel) or rel.startswith("\\"):
         raise SamplePathError(f"path {rel!r} is absolute; paths must be relative to --images")
     root_r = root.resolve()
-    full = (root_r / p).resolve()
+    try:
+        full = (root_r / p).resolve()
+    except (OSError, RuntimeError, ValueError) as e:
+        raise SamplePathError(f"path {rel!r} cannot be resolved ({_why(e)})") from None
     if full != root_r and root_r not in full.parents:
         raise SamplePathError(f"path {rel!r} escapes the --images folder")
     return full
@@ -98,15 +128,9 @@ def check_unique_given(ids: list[str], what: str) -> None:
 
 
 def read_csv_table(path: Path, what: str) -> pd.DataFrame:
-    """Read a CSV as strings (CRLF, BOM and empty cells handled); InputError if missing or unreadable."""
-    if not path.is_file():
-        raise InputError(f"{what} {path} not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skipinitialspace=False)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise InputError(f"{what} {path} cannot be parsed as CSV ({type(e).__name__})") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    return df.apply(lambda col: col.str.strip())
+    """Read a CSV as stripped strings (:func:`medsoft_aug.csvio.read_csv_strings`: UTF-8 with or without BOM,
+    CRLF, empty cells as ""); InputError naming the file and the line for anything else."""
+    return read_csv_strings(path, what)
 
 
 def require_columns(df: pd.DataFrame, required: list[str], what: str, path: Path) -> None:

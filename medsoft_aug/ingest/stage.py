@@ -2,12 +2,14 @@
 
 Order of work (nothing is written before step 4; index.csv is written last):
 
-1. check options and paths; parse the layout's CSVs into :class:`SampleSpec` rows (no pixels);
-2. check the normal class exists and WORK holds no ingest of *different* inputs (unless ``force``);
-3. assign splits from the CSV alone (so an unreadable image never moves another patient's split);
-4. stream the samples one at a time (only the current volume and label map are cached) into a staging folder
-   inside WORK; per-sample problems become listed failures;
-5. commit: remove the old index.csv, move the staged slices into place, write ingest.json, then index.csv.
+1. check options and paths (:meth:`IngestOptions.check_inputs`);
+2. parse the layout's CSVs into :class:`SampleSpec` rows (no pixels); check the normal class exists;
+3. take WORK's run lock (:func:`medsoft_aug.locks.folder_lock`): a second run on WORK is refused (exit 3);
+4. check WORK holds no ingest of *different* inputs (unless ``force``); assign splits from the CSV alone (so an
+   unreadable image never moves another patient's split); remove staging folders of killed runs;
+5. stream the samples one at a time (only the current volume and label map are cached) into a staging folder
+   inside WORK; per-sample problems become listed failures, reader warnings are recorded in ingest.json;
+6. commit: remove the old index.csv, move the staged slices into place, write ingest.json, then index.csv.
 
 A fatal error or interrupt before the commit removes the staging folder (and WORK, if this run created it).
 """
@@ -29,13 +31,14 @@ import pandas as pd
 
 from ..errors import FailureList, InputError, PartialFailure, SampleFailure, UsageError
 from ..fsutil import atomic_save_npy, atomic_write_csv, atomic_write_json, sha256_file
+from ..locks import FolderInUseError, folder_lock
 from ..progress import ProgressFn, report
 from ..versions import package_versions
 from ..workdir import INDEX_COLUMNS
 from .generic import parse_generic
 from .process import SampleError, SampleReader, ingest_one
 from .rsna2024 import default_paths, parse_rsna2024, resolve_conditions
-from .samples import SampleSpec
+from .samples import SampleSpec, safe_is_dir, safe_resolve
 from .splits import SPLITS, assign_splits, check_fractions
 
 log = logging.getLogger("medsoft_aug.ingest")
@@ -57,6 +60,7 @@ class IngestResult:
     skipped: dict[str, int] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
     replaced_previous: bool = False
+    warnings: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def split_counts(self) -> dict[str, int]:
@@ -67,20 +71,8 @@ class IngestResult:
                 "n_samples": self.n_samples, "n_failed": len(self.failures), "counts": self.counts,
                 "split_counts": self.split_counts,
                 "failures": [{"sample_id": f.sample_id, "problem": f.problem} for f in self.failures],
-                "skipped": self.skipped, "paths": self.paths, "replaced_previous": self.replaced_previous}
-
-
-def _check_options(fmt: str, normal_class: str, coords, series_descriptions, conditions,
-                   test_fraction: float, val_fraction: float, window: Sequence[float]) -> None:
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-    if fmt == "generic" and (coords is not None or series_descriptions is not None or conditions):
-        raise UsageError("--coords, --series-descriptions and --conditions apply to --format rsna2024 only")
-    if not str(normal_class).strip():
-        raise UsageError("--normal-class must not be empty")
-    check_fractions(test_fraction, val_fraction)
-    if len(window) != 2 or not (0.0 <= window[0] < window[1] <= 100.0):
-        raise UsageError(f"window percentiles must satisfy 0 <= lo < hi <= 100, got {tuple(window)}")
+                "skipped": self.skipped, "paths": self.paths, "replaced_previous": self.replaced_previous,
+                "warnings": self.warnings}
 
 
 def _fingerprint(record: dict[str, Any]) -> str:
@@ -186,6 +178,166 @@ def _commit(work: Path, stage_dir: Path, record: dict[str, Any], rows: list[dict
     atomic_write_csv(work / "index.csv", pd.DataFrame(rows, columns=INDEX_COLUMNS))
 
 
+
+
+
+@dataclass
+class IngestOptions:
+    """Resolved options of one ingest run; :meth:`check_inputs` validates all of them before any work."""
+
+    labels: Path
+    images: Path
+    out: Path
+    fmt: str = "generic"
+    normal_class: str = "normal"
+    coords: Optional[Path] = None
+    series_descriptions: Optional[Path] = None
+    conditions: Optional[Sequence[str]] = None
+    test_fraction: float = 0.2
+    val_fraction: float = 0.0
+    split_seed: int = 0
+    window: tuple[float, float] = (0.5, 99.5)
+    force: bool = False
+
+    def check_inputs(self) -> None:
+        """UsageError for bad options, InputError for unusable paths (names the option and the value)."""
+        if self.fmt not in FORMATS:
+            raise UsageError(f"unknown format {self.fmt!r}; choose from {', '.join(FORMATS)}")
+        if self.fmt == "generic" and (self.coords is not None or self.series_descriptions is not None
+                                      or self.conditions):
+            raise UsageError("--coords, --series-descriptions and --conditions apply to --format rsna2024 only")
+        if not str(self.normal_class).strip():
+            raise UsageError("--normal-class must not be empty")
+        check_fractions(self.test_fraction, self.val_fraction)
+        w = self.window
+        if len(w) != 2 or not (0.0 <= w[0] < w[1] <= 100.0):
+            raise UsageError(f"window percentiles must satisfy 0 <= lo < hi <= 100, got {tuple(w)}")
+        if not safe_is_dir(self.images):
+            raise InputError(f"--images {self.images} is not a folder")
+        images_r, work_r = safe_resolve(self.images, "--images"), safe_resolve(self.out, "--out")
+        if work_r == images_r or images_r in work_r.parents:
+            raise UsageError("--out must not be inside --images (inputs are never written to)")
+
+    def record(self) -> dict[str, Any]:
+        return {"format": self.fmt, "normal_class": self.normal_class, "conditions": list(self._conditions()),
+                "test_fraction": float(self.test_fraction), "val_fraction": float(self.val_fraction),
+                "split_seed": int(self.split_seed), "window_percentiles": list(self.window),
+                "images": str(safe_resolve(self.images, "--images"))}
+
+    def _conditions(self) -> tuple[str, ...]:
+        return resolve_conditions(self.conditions) if self.fmt == "rsna2024" else ()
+
+
+def _parse(opts: IngestOptions, notes: list[dict[str, str]]) -> tuple[list[SampleSpec], dict[str, Path],
+                                                                       dict[str, int]]:
+    """Sample specs from the layout's CSVs (no image opened): (specs, input CSV paths, skipped-row counts)."""
+    if opts.fmt == "generic":
+        specs = parse_generic(opts.labels, notes=notes)
+        return specs, {"labels": opts.labels}, {}
+    rin = default_paths(opts.labels, opts.coords, opts.series_descriptions)
+    conds = opts._conditions()
+    specs = parse_rsna2024(rin, conditions=conds, normal_class=opts.normal_class)
+    if not specs:
+        raise InputError(f"no coordinate rows with a severity for conditions {', '.join(conds)}")
+    skipped = dict(rin.skipped)
+    if skipped.get("empty_severity") or skipped.get("study_not_in_labels"):
+        log.info("skipped coordinate rows: %s", skipped)
+    return specs, {"labels": rin.labels, "coords": rin.coords, "series_descriptions": rin.series_descriptions}, skipped
+
+
+def _check_normal(specs: list[SampleSpec], normal_class: str) -> None:
+    present = sorted({s.label for s in specs if s.label})
+    if normal_class not in present:
+        raise InputError(f"normal class {normal_class!r} not found among the labels ({', '.join(present[:10])}"
+                         f"{', ...' if len(present) > 10 else ''}); set --normal-class")
+
+
+def _stream(specs: list[SampleSpec], split_of: dict[str, str], opts: IngestOptions, stage_dir: Path,
+            notes: list[dict[str, str]], on_progress: ProgressFn) -> tuple[list[dict[str, Any]], FailureList]:
+    """Ingest every sample into ``stage_dir`` (one volume in memory at a time): (index rows, failures).
+    Reader warnings (e.g. sform/qform disagreement) are logged and appended to ``notes``."""
+    failures, rows = FailureList(), []
+    reader = SampleReader(safe_resolve(opts.images, "--images"))
+    links = _LinkCache()
+    report(on_progress, "ingest", 0, len(specs))
+    for n, spec in enumerate(specs, start=1):
+        try:
+            res = ingest_one(spec, reader, opts.window)
+        except SampleError as e:
+            failures.add(spec.sample_id, str(e))
+            log.debug("sample %s failed: %s", spec.sample_id, e)
+        else:
+            for w in res.pop("warnings", ()):
+                log.warning("sample %s: %s", spec.sample_id, w)
+                notes.append({"sample_id": spec.sample_id, "warning": w})
+            key = ("image", spec.image, res["slice_index"])
+            links.save(stage_dir / "slices" / f"{spec.sample_id}.npy", res.pop("image"), key)
+            if res.get("seg") is not None:
+                links.save(stage_dir / "seg" / f"{spec.sample_id}.npy", res["seg"], ("seg", spec.seg, *key))
+            rows.append(_row(spec, split_of[spec.sample_id], res))
+        report(on_progress, "ingest", n, len(specs))
+    reader.clear()
+    if not rows:
+        first = failures.items[0] if failures.items else "no samples"
+        raise InputError(f"no sample could be ingested ({len(failures)} failed); first: {first}")
+    return rows, failures
+
+
+def _result(opts: IngestOptions, rows: list[dict[str, Any]], failures: FailureList, skipped: dict[str, int],
+            replacing: bool, has_seg: bool) -> IngestResult:
+    counts: dict[str, dict[str, int]] = {}
+    for r in rows:
+        counts.setdefault(r["label"], {s: 0 for s in SPLITS})[r["split"]] += 1
+    counts = {k: counts[k] for k in sorted(counts, key=lambda c: (c != opts.normal_class, c))}
+    work = opts.out
+    return IngestResult(
+        work=work, format=opts.fmt, normal_class=opts.normal_class, n_samples=len(rows), counts=counts,
+        failures=list(failures.items), skipped=skipped, replaced_previous=replacing,
+        paths={"index": str(work / "index.csv"), "record": str(work / "ingest.json"),
+               "slices": str(work / "slices"), "seg": str(work / "seg") if has_seg else ""})
+
+
+def _record(opts: IngestOptions, result: IngestResult, fingerprint: str, input_hashes: dict,
+            notes: list[dict[str, str]]) -> dict[str, Any]:
+    return {"stage": "ingest", "versions": package_versions(), "fingerprint": fingerprint, "options": opts.record(),
+            "inputs": input_hashes, "normal_class": opts.normal_class, "n_samples": result.n_samples,
+            "counts": result.counts, "split_counts": result.split_counts, "skipped": result.skipped,
+            "failures": [{"sample_id": f.sample_id, "problem": f.problem} for f in result.failures],
+            "warnings": notes,
+            "normalization": {"method": "percentile window of each 2D slice, clipped to [0, 1]",
+                              "percentiles": list(opts.window)},
+            "slicing": "3D: canonical RAS+ sagittal slice, display = vol[i].T[::-1, ::-1]; 2D: as stored"}
+
+
+def _run_locked(opts: IngestOptions, specs: list[SampleSpec], fingerprint: str, input_hashes: dict,
+                skipped: dict[str, int], notes: list[dict[str, str]], on_progress: ProgressFn) -> IngestResult:
+    """Steps 4-6 of :func:`ingest`, run while holding WORK's lock."""
+    work = opts.out
+    replacing, changed = _check_work(work, fingerprint, opts.force)
+    split_of = _splits(specs, opts.test_fraction, opts.val_fraction, opts.split_seed)
+    for stale in work.glob(".ingest-partial-*"):  # left by a killed (SIGKILL) earlier run; we hold the lock
+        shutil.rmtree(stale, ignore_errors=True)
+    stage_dir = Path(tempfile.mkdtemp(prefix=".ingest-partial-", dir=work))
+    committed = False
+    try:
+        rows, failures = _stream(specs, split_of, opts, stage_dir, notes, on_progress)
+        result = _result(opts, rows, failures, skipped, replacing, (stage_dir / "seg").exists())
+        result.warnings = notes
+        record = _record(opts, result, fingerprint, input_hashes, notes)
+        committed = True
+        _commit(work, stage_dir, record, rows)
+    except BaseException:
+        if committed:
+            (work / "index.csv").unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(stage_dir, ignore_errors=True)
+    stale = [n for n in ("masks.csv", "masks", "masks.json") if (work / n).exists()]
+    if changed and stale:
+        log.warning("%s: outputs of later stages (%s) predate this ingest; rebuild them", work, ", ".join(stale))
+    return result
+
+
 def ingest(labels: str | Path, images: str | Path, out: str | Path, *, fmt: str = "generic",
            normal_class: str = "normal", coords: Optional[str | Path] = None,
            series_descriptions: Optional[str | Path] = None, conditions: Optional[Sequence[str]] = None,
@@ -194,129 +346,41 @@ def ingest(labels: str | Path, images: str | Path, out: str | Path, *, fmt: str 
            on_progress: ProgressFn = None) -> IngestResult:
     """Ingest a labelled imaging dataset into WORK (see module docstring and ``medsoft_aug.workdir``).
 
-    Args:
-        labels: labels CSV (generic) or RSNA ``train.csv``.
-        images: root folder; every image path in the CSVs is relative to it and must stay inside it.
-        out: WORK folder to create or (same inputs, or ``force``) replace ingest outputs in.
-        fmt: ``generic`` or ``rsna2024``.
-        normal_class: the majority/normal class name; must occur among the labels.
-        coords, series_descriptions, conditions: rsna2024 only (defaults: CSVs beside ``labels``; the three
-            sagittal conditions).
-        test_fraction, val_fraction, split_seed: patient-level split when the CSV has no ``split`` column.
-        window: (lo, hi) percentiles of each 2D slice mapped to [0, 1].
-        force: replace an existing ingest of different inputs.
-        on_progress: ``fn("ingest", done, total)``.
+    Args: labels (labels CSV, or RSNA ``train.csv``), images (root folder; every CSV image path is relative to
+    it and must stay inside it), out (WORK), fmt (``generic`` | ``rsna2024``), normal_class (must occur among
+    the labels), coords / series_descriptions / conditions (rsna2024 only; default: CSVs beside ``labels``, the
+    three sagittal conditions), test_fraction / val_fraction / split_seed (patient-level split when the CSV has
+    no ``split`` column), window ((lo, hi) percentiles of each 2D slice mapped to [0, 1]), force (replace an
+    ingest of different inputs), on_progress (``fn("ingest", done, total)``).
 
-    Returns the IngestResult. Raises InputError (nothing written) when no sample could be ingested, and
-    PartialFailure (outputs written for the good samples, ``.result`` set) when some failed.
+    Returns the IngestResult. Raises InputError (nothing written) when no sample could be ingested or WORK is
+    in use by another run (:class:`~medsoft_aug.locks.FolderInUseError`), and PartialFailure (outputs written
+    for the good samples, ``.result`` set) when some failed.
     """
-    _check_options(fmt, normal_class, coords, series_descriptions, conditions, test_fraction, val_fraction, window)
-    labels, images, work = Path(labels), Path(images), Path(out)
-    window = (float(window[0]), float(window[1]))
-    if not images.is_dir():
-        raise InputError(f"--images {images} is not a folder")
-    images_r, work_r = images.resolve(), work.resolve()
-    if work_r == images_r or images_r in work_r.parents:
-        raise UsageError("--out must not be inside --images (inputs are never written to)")
-
-    skipped: dict[str, int] = {}
-    if fmt == "generic":
-        specs = parse_generic(labels)
-        inputs = {"labels": labels}
-        conds: tuple[str, ...] = ()
-    else:
-        rin = default_paths(labels, Path(coords) if coords else None,
-                            Path(series_descriptions) if series_descriptions else None)
-        conds = resolve_conditions(conditions)
-        specs = parse_rsna2024(rin, conditions=conds, normal_class=normal_class)
-        skipped = dict(rin.skipped)
-        inputs = {"labels": rin.labels, "coords": rin.coords, "series_descriptions": rin.series_descriptions}
-        if not specs:
-            raise InputError(f"no coordinate rows with a severity for conditions {', '.join(conds)}")
-        if skipped.get("empty_severity") or skipped.get("study_not_in_labels"):
-            log.info("skipped coordinate rows: %s", skipped)
-
-    present = sorted({s.label for s in specs if s.label})
-    if normal_class not in present:
-        raise InputError(f"normal class {normal_class!r} not found among the labels ({', '.join(present[:10])}"
-                         f"{', ...' if len(present) > 10 else ''}); set --normal-class")
-
+    # 1. options and paths
+    opts = IngestOptions(Path(labels), Path(images), Path(out), fmt, normal_class,
+                         Path(coords) if coords else None, Path(series_descriptions) if series_descriptions else None,
+                         conditions, test_fraction, val_fraction, split_seed,
+                         (float(window[0]), float(window[1])) if len(window) == 2 else tuple(window), force)
+    opts.check_inputs()
+    # 2. the CSVs alone: sample specs, the normal class, input hashes and the run's fingerprint
+    notes: list[dict[str, str]] = []
+    specs, inputs, skipped = _parse(opts, notes)
+    _check_normal(specs, opts.normal_class)
     input_hashes = {k: {"path": str(p.resolve()), "sha256": sha256_file(p)} for k, p in inputs.items()}
-    options = {"format": fmt, "normal_class": normal_class, "conditions": list(conds),
-               "test_fraction": float(test_fraction), "val_fraction": float(val_fraction),
-               "split_seed": int(split_seed),
-               "window_percentiles": list(window), "images": str(images_r)}
-    fingerprint = _fingerprint({"options": options,
+    fingerprint = _fingerprint({"options": opts.record(),
                                 "inputs": {k: v["sha256"] for k, v in input_hashes.items()}})
-    replacing, changed = _check_work(work, fingerprint, force)
-
-    split_of = _splits(specs, test_fraction, val_fraction, split_seed)
-
-    created_work = not work.exists()
-    work.mkdir(parents=True, exist_ok=True)
-    for stale in work.glob(".ingest-partial-*"):  # left by a killed (SIGKILL) earlier run
-        shutil.rmtree(stale, ignore_errors=True)
-    stage_dir = Path(tempfile.mkdtemp(prefix=".ingest-partial-", dir=work))
-    committed = False
+    # 3. lock WORK (a second run is refused); 4-6. check WORK, stream samples into staging, commit
+    created_work = not opts.out.exists()
     try:
-        failures = FailureList()
-        rows: list[dict[str, Any]] = []
-        reader = SampleReader(images_r)
-        links = _LinkCache()
-        total = len(specs)
-        report(on_progress, "ingest", 0, total)
-        for n, spec in enumerate(specs, start=1):
-            try:
-                res = ingest_one(spec, reader, window)
-            except SampleError as e:
-                failures.add(spec.sample_id, str(e))
-                log.debug("sample %s failed: %s", spec.sample_id, e)
-            else:
-                key = ("image", spec.image, res["slice_index"])
-                links.save(stage_dir / "slices" / f"{spec.sample_id}.npy", res.pop("image"), key)
-                if res.get("seg") is not None:
-                    links.save(stage_dir / "seg" / f"{spec.sample_id}.npy", res["seg"], ("seg", spec.seg, *key))
-                rows.append(_row(spec, split_of[spec.sample_id], res))
-            report(on_progress, "ingest", n, total)
-        reader.clear()
-
-        if not rows:
-            first = failures.items[0] if failures.items else "no samples"
-            raise InputError(f"no sample could be ingested ({len(failures)} failed); first: {first}")
-
-        counts: dict[str, dict[str, int]] = {}
-        for r in rows:
-            counts.setdefault(r["label"], {s: 0 for s in SPLITS})[r["split"]] += 1
-        counts = {k: counts[k] for k in sorted(counts, key=lambda c: (c != normal_class, c))}
-        result = IngestResult(
-            work=work, format=fmt, normal_class=normal_class, n_samples=len(rows), counts=counts,
-            failures=list(failures.items), skipped=skipped, replaced_previous=replacing,
-            paths={"index": str(work / "index.csv"), "record": str(work / "ingest.json"),
-                   "slices": str(work / "slices"), "seg": str(work / "seg") if (stage_dir / "seg").exists() else ""})
-        record = {"stage": "ingest", "versions": package_versions(), "fingerprint": fingerprint, "options": options,
-                  "inputs": input_hashes, "normal_class": normal_class, "n_samples": len(rows),
-                  "counts": counts, "split_counts": result.split_counts, "skipped": skipped,
-                  "failures": [{"sample_id": f.sample_id, "problem": f.problem} for f in failures.items],
-                  "normalization": {"method": "percentile window of each 2D slice, clipped to [0, 1]",
-                                    "percentiles": list(window)},
-                  "slicing": "3D: canonical RAS+ sagittal slice, display = vol[i].T[::-1, ::-1]; 2D: as stored"}
-
-        committed = True
-        _commit(work, stage_dir, record, rows)
-        stale = [n for n in ("masks.csv", "masks", "masks.json") if (work / n).exists()]
-        if changed and stale:
-            log.warning("%s: outputs of later stages (%s) predate this ingest; rebuild them",
-                        work, ", ".join(stale))
-    except BaseException:
-        shutil.rmtree(stage_dir, ignore_errors=True)
-        if created_work:
-            shutil.rmtree(work, ignore_errors=True)
-        elif committed:
-            (work / "index.csv").unlink(missing_ok=True)
+        with folder_lock(opts.out, "ingest", what="--out"):
+            result = _run_locked(opts, specs, fingerprint, input_hashes, skipped, notes, on_progress)
+    except BaseException as e:
+        if created_work and not isinstance(e, FolderInUseError):
+            shutil.rmtree(opts.out, ignore_errors=True)
         raise
-    shutil.rmtree(stage_dir, ignore_errors=True)
-
-    if failures:
-        raise PartialFailure(f"{len(failures)} of {total} samples failed; outputs written for the other "
-                             f"{len(rows)} (listed in {work / 'ingest.json'})", list(failures.items), result)
+    if result.failures:
+        raise PartialFailure(f"{len(result.failures)} of {len(specs)} samples failed; outputs written for the "
+                             f"other {result.n_samples} (listed in {opts.out / 'ingest.json'})",
+                             list(result.failures), result)
     return result

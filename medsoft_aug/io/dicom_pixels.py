@@ -8,6 +8,7 @@ always means brighter; ``invert_sum`` (lo + hi of that range) is recorded so a w
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -36,11 +37,21 @@ def dcmread(path: Path, *, header_only: bool = False, force: bool = False):
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(str(path), stop_before_pixels=header_only, force=force)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(str(path), stop_before_pixels=header_only, force=force)
     except InvalidDicomError as e:
         raise InputError(f"{path.name}: not a DICOM file") from e
     except Exception as e:  # noqa: BLE001 - truncated/corrupt files raise EOFError, OSError, struct.error, ...
         raise InputError(f"{path.name}: corrupt or truncated DICOM ({type(e).__name__})") from e
+    # pydicom reports a file that ends inside an element as a warning and returns the elements before it
+    # (a truncated JPEG 2000 file then simply lacks PixelData): that is a truncated file, not "no pixel data".
+    if any("End of file reached" in str(w.message) for w in caught):
+        raise InputError(f"{path.name}: truncated or corrupt DICOM (the file ends inside an element)")
+    if caught:  # header values may appear in pydicom's messages: report the count only
+        log.debug("%s: %d pydicom warning(s) while reading (messages withheld: they may quote header values)",
+                  path.name, len(caught))
+    return ds
 
 
 def fg_item(ds, frame: Optional[int], seq: str):
@@ -122,6 +133,7 @@ def decode_frames(ds, name: str) -> np.ndarray:
     """Decoded stored values, shape (frames, rows, cols) (colour converted to luminance, float64)."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InputError(f"{name}: DICOM file has no pixel data")
+    check_pixel_bytes(ds, name)
     try:
         arr = ds.pixel_array
     except Exception as e:  # noqa: BLE001 - handler errors: truncated data, missing decoder plugin, bad codestream
@@ -136,6 +148,35 @@ def decode_frames(ds, name: str) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[0] != n_frames:
         raise InputError(f"{name}: unexpected pixel array shape {tuple(arr.shape)} for {n_frames} frame(s)")
     return arr
+
+
+def check_pixel_bytes(ds, name: str) -> None:
+    """Native (uncompressed) pixel data must hold exactly what Rows x Columns x frames x samples x bits need
+    (plus one padding byte): pydicom would otherwise crop extra bytes with a warning, silently showing part
+    of the pixels as the image. InputError when they disagree (a damaged header or a truncated file)."""
+    fm = getattr(ds, "file_meta", None)
+    ts = getattr(fm, "TransferSyntaxUID", None) if fm is not None else None
+    if "PixelData" not in ds or (ts is not None and getattr(ts, "is_compressed", False)):
+        return
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+        bits = int(ds.BitsAllocated)
+        value = ds.PixelData
+    except (AttributeError, TypeError, ValueError, KeyError):
+        raise InputError(f"{name}: DICOM image header lacks a usable Rows, Columns or BitsAllocated") from None
+    if rows <= 0 or cols <= 0 or bits not in (1, 8, 16, 32, 64):
+        raise InputError(f"{name}: DICOM image header has Rows {rows}, Columns {cols}, BitsAllocated {bits}")
+    photometric = str(getattr(ds, "PhotometricInterpretation", "") or "")
+    samples = rows * cols * n_frames_of(ds) * spp
+    need = (samples + 7) // 8 if bits == 1 else samples * bits // 8
+    if photometric == "YBR_FULL_422":
+        need = need * 2 // 3
+    have = len(value) if isinstance(value, (bytes, bytearray)) else None
+    if have is not None and not need <= have <= need + 1:
+        raise InputError(f"{name}: truncated or corrupt DICOM: pixel data holds {have} bytes but Rows x Columns "
+                         f"x frames x samples x bits need {need} (the header does not describe the pixels); "
+                         "refused rather than cropped")
 
 
 def n_frames_of(ds) -> int:

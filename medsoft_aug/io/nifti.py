@@ -81,7 +81,11 @@ def read_nifti(path: str | Path, *, label_map: bool = False) -> ImageData:
         ``orig_shape``, ``datatype``, ``label_dtype`` (label maps).
 
     Raises:
-        InputError: missing, corrupt or truncated file; 4D data with more than one volume; non-finite affine.
+        InputError: missing, corrupt or truncated file; complex or non-numeric data; 4D data with more than one
+            volume; non-finite affine.
+
+    When sform and qform are both coded and disagree, the sform is used (as nibabel chooses) and
+    ``meta["warnings"]`` says so (see :func:`affine_choice`); ``meta["affine_source"]`` records the choice.
     """
     import nibabel as nib
 
@@ -96,6 +100,10 @@ def read_nifti(path: str | Path, *, label_map: bool = False) -> ImageData:
         stored_dtype = str(img.get_data_dtype())
     except Exception as e:  # noqa: BLE001 - nibabel/gzip/zlib raise many types; all mean "cannot read"
         raise InputError(f"{path.name}: cannot read NIfTI ({type(e).__name__}: {_one_line(e)})") from e
+    if data.dtype.kind == "c":
+        raise InputError(f"{path.name}: NIfTI holds complex values ({stored_dtype}); give magnitude images")
+    if data.dtype.kind not in "biuf":
+        raise InputError(f"{path.name}: NIfTI data type {stored_dtype} is not a number type")
     orig_shape = tuple(int(s) for s in data.shape)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
@@ -106,6 +114,7 @@ def read_nifti(path: str | Path, *, label_map: bool = False) -> ImageData:
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputError(f"{path.name}: NIfTI affine is not a valid voxel-to-world transform")
     meta: dict = {"orig_shape": list(orig_shape), "datatype": stored_dtype}
+    meta.update(affine_choice(img, data.shape))
     if label_map:
         arr, meta["label_dtype"] = label_array(data)
     else:
@@ -114,6 +123,40 @@ def read_nifti(path: str | Path, *, label_map: bool = False) -> ImageData:
     meta["orig_ornt"] = "".join(codes)
     return ImageData(array=arr, spacing=spacing_from_affine(canon_affine), affine=canon_affine,
                      source_format="nifti", meta=meta)
+
+
+#: sform and qform "agree" when they map every corner of the volume within this distance (mm); the qform's
+#: float32 quaternion alone moves a corner by well under 1e-4 mm.
+_FORM_TOL_MM = 1e-3
+
+
+def affine_choice(img, shape: tuple[int, ...]) -> dict:
+    """Which header transform gives the affine, as nibabel chooses it (``Nifti1Header.get_best_affine``: the
+    sform when its code is non-zero, else the qform when its code is non-zero, else a scaling-only fallback),
+    and whether the other coded transform disagrees with it.
+
+    Returns meta keys ``affine_source`` ("sform" | "qform" | "fallback"), and when both transforms are coded
+    and map some corner of the volume more than 1e-3 mm apart: ``sform_qform_disagree_mm`` (largest distance)
+    and a one-line ``warnings`` entry.
+    """
+    hdr = img.header
+    try:
+        sform, scode = hdr.get_sform(coded=True)
+        qform, qcode = hdr.get_qform(coded=True)
+    except AttributeError:  # Analyze-style headers have neither
+        return {"affine_source": "fallback"}
+    scode, qcode = int(scode or 0), int(qcode or 0)
+    source = "sform" if scode else "qform" if qcode else "fallback"
+    out: dict = {"affine_source": source}
+    if scode and qcode and sform is not None and qform is not None:
+        dims = [max(int(n) - 1, 0) for n in tuple(shape)[:3]] + [0] * (3 - len(tuple(shape)[:3]))
+        corners = np.array([[i, j, k, 1.0] for i in (0, dims[0]) for j in (0, dims[1]) for k in (0, dims[2])]).T
+        dist = float(np.max(np.linalg.norm((np.asarray(sform) @ corners - np.asarray(qform) @ corners)[:3], axis=0)))
+        if not np.isfinite(dist) or dist > _FORM_TOL_MM:
+            out["sform_qform_disagree_mm"] = round(dist, 4) if np.isfinite(dist) else None
+            out["warnings"] = [f"NIfTI sform and qform disagree (by up to {dist:.3g} mm at the volume corners); "
+                               "using the sform, as nibabel does (sform_code > 0)"]
+    return out
 
 
 def _one_line(e: BaseException, limit: int = 160) -> str:

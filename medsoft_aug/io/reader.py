@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import InputError
 from .dicom import read_dicom_file, read_dicom_series
 from .dicom_pixels import has_dicm_preamble
@@ -44,10 +46,25 @@ def read_image(path: str | Path, *, label_map: bool = False) -> ImageData:
         (X, Y, Z), ``spacing`` in that order, ``affine`` voxel -> RAS mm. Intensities float32 in physical units.
 
     Raises:
-        InputError: missing path, empty folder, unsupported extension, corrupt/truncated/undecodable file.
+        InputError: missing path, empty folder, unsupported extension, corrupt/truncated/undecodable file,
+            NaN or infinite values (:func:`check_finite`).
             The message names the file and the problem; the caller prefixes the sample id.
     """
-    p = Path(path)
+    return check_finite(_read(Path(path), label_map), Path(path).name)
+
+
+def check_finite(img: ImageData, name: str) -> ImageData:
+    """InputError when the pixel array holds NaN or infinite values (they would silently change the
+    normalization and every later stage); counts only, never values."""
+    arr = img.array
+    if arr.dtype.kind == "f":
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise InputError(f"{name}: {bad} of {arr.size} voxel values are NaN or infinite")
+    return img
+
+
+def _read(p: Path, label_map: bool) -> ImageData:
     if p.is_dir():
         with header_warnings(p.name):          # library warnings quote header values: reported without them
             return read_dicom_series(p, label_map=label_map)

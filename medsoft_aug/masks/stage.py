@@ -5,7 +5,14 @@ Reads WORK/index.csv, slices/{id}.npy (shape only) and seg/{id}.npy; writes WORK
 that order, each atomically. Normal (donor) samples get masks exactly like diseased ones.
 
 Reruns: a sample whose inputs (index row, seg file hash, slice shape) and options are unchanged since the last
-run, and whose mask file still exists, is reused, not recomputed (``force=True`` recomputes everything).
+run, and whose mask file still has the sha256 that run recorded for it (masks.json ``fingerprints`` and
+``mask_sha256``), is reused, not recomputed (``force=True`` recomputes everything); a replaced or damaged mask
+file is rebuilt.
+
+One set of options: every run builds all its masks into a staging folder inside WORK and swaps it in at the
+end (masks.csv removed first, written last), so a run killed at any point leaves either the previous complete
+outputs or no masks.csv - never masks of two runs under one record. WORK is locked for the run
+(:func:`medsoft_aug.locks.folder_lock`); staging folders of killed runs are removed under the lock.
 """
 from __future__ import annotations
 
@@ -13,6 +20,9 @@ import collections
 import json
 import logging
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -25,7 +35,8 @@ from ..errors import InputError, PartialFailure, SampleFailure, UsageError
 from ..fsutil import atomic_save_npy, atomic_write_json, atomic_write_text, load_npy, sha256_bytes, sha256_file
 from ..progress import ProgressFn, report
 from ..versions import package_versions
-from ..workdir import MASK_COLUMNS, read_index
+from ..locks import folder_lock
+from ..workdir import MASK_COLUMNS, read_index, read_masks
 from . import from_coords, from_seg
 from .levels import NUMBERINGS, Level, parse_level
 from .preview import select_preview, write_preview
@@ -113,10 +124,8 @@ def _plan(row: dict, work: Path, source: str) -> _Plan:
     spacing = (sr, sc) if sr and sc and sr > 0 and sc > 0 else None
     level, level_err = None, "no level"
     if str(row.get("level", "")).strip():
-        try:
-            level = parse_level(row["level"])
-        except InputError as e:
-            level_err = str(e)
+        # a level that names no vertebra (L99, a typo) is an error for this sample, never a silent box fallback
+        level = parse_level(row["level"])
     has_seg = bool(str(row.get("seg", "")).strip())
     use = source
     if source == "auto":
@@ -194,13 +203,175 @@ def _fingerprint(row: dict, plan: _Plan, shape: tuple[int, int], numbering: str,
     return sha256_bytes(json.dumps(data, sort_keys=True).encode())[:20]
 
 
-def _previous(work: Path) -> tuple[dict[str, str], dict[str, dict]]:
+@dataclass
+class MasksOptions:
+    """Options of one ``masks build`` run; :meth:`check_inputs` validates them before any work."""
+
+    work: Path
+    source: str = "auto"
+    sigma_mm: float = DEFAULT_SIGMA_MM
+    box_mm: float = DEFAULT_BOX_MM
+    dilate_mm: float = 0.0
+    numbering: str = "auto"
+    preview: Optional[Path] = None
+    force: bool = False
+
+    def check_inputs(self) -> None:
+        """UsageError for bad options; InputError when WORK has no index.csv or holds something else where an
+        output of this stage goes (a file where masks/ should be, a folder where masks.csv should be)."""
+        _check_options(self.source, self.sigma_mm, self.box_mm, self.dilate_mm, self.numbering)
+        if self.preview is not None and self.preview.suffix.lower() != ".png":
+            raise UsageError(f"--preview must name a .png file, got {str(self.preview)!r}")
+        if not (self.work / "index.csv").is_file():
+            read_index(self.work)  # raises the "run ingest first" error
+        masks = self.work / "masks"
+        if masks.is_symlink() or (masks.exists() and not masks.is_dir()):
+            raise InputError(f"{masks} exists and is not a folder; move it away (masks build writes masks/ there)")
+        for name in ("masks.csv", "masks.json"):
+            if (self.work / name).exists() and not (self.work / name).is_file():
+                raise InputError(f"{self.work / name} exists and is not a file; move it away")
+
+    def record(self) -> dict[str, Any]:
+        return {"source": self.source, "sigma_mm": float(self.sigma_mm), "box_mm": float(self.box_mm),
+                "dilate_mm": float(self.dilate_mm), "numbering": self.numbering}
+
+
+@dataclass
+class _Previous:
+    """What the last complete run recorded: per sample its fingerprint (inputs + options), the sha256 of its
+    mask file and its masks.csv row. A mask is reused only when all three still match."""
+
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    sha256: dict[str, str] = field(default_factory=dict)
+    rows: dict[str, dict] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, work: Path) -> "_Previous":
+        try:
+            rec = json.loads((work / "masks.json").read_text(encoding="utf-8"))
+            rows = read_masks(work).to_dict("records")
+            return cls(dict(rec["fingerprints"]), dict(rec["mask_sha256"]),
+                       {r["sample_id"]: r for r in rows if r.get("status") == "ok"})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, InputError):
+            return cls()  # no (complete, current-format) earlier run: recompute everything
+
+    def reuse(self, sid: str, fp: str, mask: Path, staged: Path) -> Optional[dict]:
+        """The previous masks.csv row when ``mask`` is still the file that run wrote for the same fingerprint
+        (it is then linked into the staging folder), else None."""
+        prev, sha = self.rows.get(sid), self.sha256.get(sid)
+        if prev is None or sha is None or self.fingerprints.get(sid) != fp or not mask.is_file():
+            return None
+        if sha256_file(mask) != sha:
+            log.warning("sample %s: masks/%s.npy does not match the hash recorded for it; rebuilding it", sid, sid)
+            return None
+        try:
+            os.link(mask, staged)
+        except OSError:  # no hard links on this filesystem
+            shutil.copyfile(mask, staged)
+        return prev
+
+
+def _plan_all(rows: list[dict], work: Path, source: str) -> tuple[dict[str, _Plan], dict[str, str]]:
+    plans: dict[str, _Plan] = {}
+    errors: dict[str, str] = {}
+    for row in rows:
+        sid = str(row["sample_id"])
+        try:
+            if not _safe_id(sid):
+                raise InputError("sample_id is not a safe file name")
+            plans[sid] = _plan(row, work, source)
+        except InputError as e:
+            errors[sid] = str(e)
+    return plans, errors
+
+
+def _numbering(plans: dict[str, _Plan], numbering: str) -> tuple[dict[str, str], dict[str, Any]]:
+    seg_plans = {s: p for s, p in plans.items() if p.source == "seg"}
+    if numbering == "auto":
+        return _decide_numbering(seg_plans)
+    return ({s: numbering for s in seg_plans},
+            {"requested": numbering, "decided": {numbering: len(seg_plans)} if seg_plans else {}})
+
+
+@dataclass
+class _Run:
+    """Per-sample outcomes of one run, filled by :func:`_build_all`."""
+
+    rows: list[dict] = field(default_factory=list)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    sha256: dict[str, str] = field(default_factory=dict)
+    by_source: collections.Counter = field(default_factory=collections.Counter)
+    seg_choice: collections.Counter = field(default_factory=collections.Counter)
+    low_peak: int = 0
+    reused: int = 0
+    preview_items: list[dict] = field(default_factory=list)
+
+
+def _build_one(row: dict, plan: _Plan, opts: MasksOptions, num: str, prev: _Previous, staging: Path,
+               run: _Run, rec: dict) -> None:
+    """Mask of one sample into ``staging`` (reused from masks/ when verified, else computed); fills ``rec``."""
+    sid = str(row["sample_id"])
+    rec["mask_source"] = plan.source
+    shape = _image_shape(opts.work, row)
+    fp = _fingerprint(row, plan, shape, num, opts.record())
+    staged = staging / f"{sid}.npy"
+    old = None if opts.force else prev.reuse(sid, fp, opts.work / "masks" / f"{sid}.npy", staged)
+    if old is not None:
+        rec.update(area_px=old["area_px"], soft_sum=old["soft_sum"])
+        run.reused += 1
+    else:
+        soft, area, kind = _compute(plan, shape, num, opts.sigma_mm, opts.box_mm, opts.dilate_mm)
+        run.low_peak += int(float(soft.max()) < LOW_PEAK)
+        atomic_save_npy(staged, soft)
+        run.seg_choice[kind] += 1
+        rec.update(area_px=area, soft_sum=round(float(soft.sum()), 3))
+    rec.update(mask=f"masks/{sid}.npy", status="ok")
+    run.fingerprints[sid], run.sha256[sid] = fp, sha256_file(staged)
+    run.by_source[plan.source] += 1
+    run.preview_items.append({"sample_id": sid, "label": row.get("label", ""), "image": row["image"],
+                              "caption": f"{plan.source} {row.get('level', '')}".strip()})
+
+
+def _build_all(rows: list[dict], plans: dict[str, _Plan], plan_errors: dict[str, str], per_sample: dict[str, str],
+               opts: MasksOptions, staging: Path, on_progress: ProgressFn) -> _Run:
+    prev = _Previous() if opts.force else _Previous.read(opts.work)
+    run = _Run()
+    for i, row in enumerate(rows):
+        sid = str(row["sample_id"])
+        rec = {c: "" for c in MASK_COLUMNS}
+        rec.update(sample_id=sid, level=row.get("level", ""), sigma_mm=opts.sigma_mm, box_mm=opts.box_mm,
+                   dilate_mm=opts.dilate_mm, status="error")
+        try:
+            if sid not in plans:
+                raise InputError(plan_errors[sid])
+            _build_one(row, plans[sid], opts, per_sample.get(sid, ""), prev, staging, run, rec)
+        except InputError as e:
+            rec["error"] = " ".join(str(e).split())
+        run.rows.append(rec)
+        report(on_progress, "masks", i + 1, len(rows))
+    return run
+
+
+def _swap_in(work: Path, staging: Path, record: dict, csv_text: str) -> None:
+    """Replace masks/ by the staged folder, then write masks.json and masks.csv (last).
+
+    masks.csv goes first, so a kill at any point leaves either the previous complete outputs or no masks.csv
+    (and the next run starts over): never a masks.csv describing masks built with other options."""
+    (work / "masks.csv").unlink(missing_ok=True)
+    old = work / "masks"
+    trash = work / f".masks-old-{os.getpid()}"
+    if old.is_dir():
+        old.rename(trash)
+    staging.rename(old)
     try:
-        fps = json.loads((work / "masks.json").read_text()).get("fingerprints", {})
-        prev = pd.read_csv(work / "masks.csv", dtype=str, keep_default_na=False)
-        return fps, {r["sample_id"]: r for r in prev.to_dict("records") if r.get("status") == "ok"}
-    except (OSError, ValueError, KeyError, AttributeError):
-        return {}, {}
+        atomic_write_json(work / "masks.json", record)
+        atomic_write_text(work / "masks.csv", csv_text)
+    except BaseException:  # e.g. disk full: take this run's masks out again (masks.csv stays absent)
+        shutil.rmtree(old, ignore_errors=True)
+        if trash.is_dir():
+            trash.rename(old)
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def build_masks(work: str | Path, *, source: str = "auto", sigma_mm: float = DEFAULT_SIGMA_MM,
@@ -210,93 +381,39 @@ def build_masks(work: str | Path, *, source: str = "auto", sigma_mm: float = DEF
     """Build one soft mask per sample of ``WORK/index.csv``.
 
     source: ``seg`` (label map + level), ``coords`` (box of ``box_mm`` mm around x, y) or ``auto`` (seg when the
-    row has a seg and a level, else coords when it has x, y). sigma_mm: Gaussian sigma (mm, Eq. 1; 0 = hard
-    mask). dilate_mm: dilate the hard mask first (mm). numbering: label numbering of the segs (``auto`` decides
-    from the label values and records the decision). preview: write a contact sheet PNG there.
+    row has a seg and a level, else coords when it has x, y; a level that names no vertebra is an error for that
+    sample, never a box). sigma_mm: Gaussian sigma (mm, Eq. 1; 0 = hard mask). dilate_mm: dilate the hard mask
+    first (mm). numbering: label numbering of the segs (``auto`` decides from the label values and records the
+    decision). preview: write a contact sheet PNG there. force: recompute every mask.
 
-    Returns MasksResult. Raises UsageError for bad options, InputError when index.csv is missing/invalid or no
-    sample got a mask (nothing written), PartialFailure (with ``result``) when some samples failed.
+    Returns MasksResult. Raises UsageError for bad options, InputError when index.csv is missing/invalid, WORK
+    is in use by another run or no sample got a mask (nothing written), PartialFailure (with ``result``) when
+    some samples failed.
     """
-    _check_options(source, sigma_mm, box_mm, dilate_mm, numbering)
-    if preview is not None and Path(preview).suffix.lower() != ".png":
-        raise UsageError(f"--preview must name a .png file, got {str(preview)!r}")
-    work = Path(work)
-    df = read_index(work)
-    dup = df["sample_id"][df["sample_id"].duplicated()].tolist()
-    if dup:
-        raise InputError(f"index.csv has duplicate sample_id values (first: {dup[0]})")
-    opts = {"source": source, "sigma_mm": float(sigma_mm), "box_mm": float(box_mm),
-            "dilate_mm": float(dilate_mm), "numbering": numbering}
-    rows = df.to_dict("records")
-    plans: dict[str, _Plan] = {}
-    plan_errors: dict[str, str] = {}
-    for row in rows:
-        sid = str(row["sample_id"])
+    # 1. options and WORK's layout
+    opts = MasksOptions(Path(work), source, sigma_mm, box_mm, dilate_mm, numbering,
+                        Path(preview) if preview is not None else None, force)
+    opts.check_inputs()
+    # 2. one run per WORK; staging folders of killed runs are removed under the lock
+    with folder_lock(opts.work, "masks build", what="WORK"):
+        for stale in [*opts.work.glob(".masks-staging-*"), *opts.work.glob(".masks-old-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
+        # 3. read index.csv and decide each sample's source and numbering before any mask is computed
+        df = read_index(opts.work)
+        dup = df["sample_id"][df["sample_id"].duplicated()].tolist()
+        if dup:
+            raise InputError(f"index.csv has duplicate sample_id values (first: {dup[0]})")
+        rows = df.to_dict("records")
+        plans, plan_errors = _plan_all(rows, opts.work, opts.source)
+        per_sample, numbering_record = _numbering(plans, opts.numbering)
+        # 4. build every mask into a staging folder (verified masks of the last run are linked, not recomputed)
+        staging = Path(tempfile.mkdtemp(prefix=".masks-staging-", dir=opts.work))
         try:
-            if not _safe_id(sid):
-                raise InputError("sample_id is not a safe file name")
-            plans[sid] = _plan(row, work, source)
-        except InputError as e:
-            plan_errors[sid] = str(e)
-
-    seg_plans = {s: p for s, p in plans.items() if p.source == "seg"}
-    if numbering == "auto":
-        per_sample, numbering_record = _decide_numbering(seg_plans)
-    else:
-        per_sample = {s: numbering for s in seg_plans}
-        numbering_record = {"requested": numbering, "decided": {numbering: len(seg_plans)} if seg_plans else {}}
-
-    fps_prev, rows_prev = ({}, {}) if force else _previous(work)
-    out_rows, fingerprints, written, stale = [], {}, [], []
-    by_source: collections.Counter = collections.Counter()
-    seg_choice: collections.Counter = collections.Counter()
-    low_peak, reused = 0, 0
-    preview_items: list[dict] = []
-    n = len(rows)
-    try:
-        for i, row in enumerate(rows):
-            sid = str(row["sample_id"])
-            rec = {c: "" for c in MASK_COLUMNS}
-            rec.update(sample_id=sid, level=row.get("level", ""), sigma_mm=sigma_mm, box_mm=box_mm,
-                       dilate_mm=dilate_mm, status="error")
-            plan = plans.get(sid)
-            mask_rel = f"masks/{sid}.npy"
-            try:
-                if plan is None:
-                    raise InputError(plan_errors[sid])
-                rec["mask_source"] = plan.source
-                shape = _image_shape(work, row)
-                num = per_sample.get(sid, "")
-                fp = _fingerprint(row, plan, shape, num, opts)
-                prev = rows_prev.get(sid)
-                if fps_prev.get(sid) == fp and prev is not None and (work / mask_rel).is_file():
-                    rec.update(mask=mask_rel, area_px=prev["area_px"], soft_sum=prev["soft_sum"], status="ok")
-                    reused += 1
-                else:
-                    soft, area, kind = _compute(plan, shape, num, sigma_mm, box_mm, dilate_mm)
-                    low_peak += int(float(soft.max()) < LOW_PEAK)
-                    atomic_save_npy(work / mask_rel, soft)
-                    written.append(work / mask_rel)
-                    seg_choice[kind] += 1
-                    rec.update(mask=mask_rel, area_px=area, soft_sum=round(float(soft.sum()), 3), status="ok")
-                fingerprints[sid] = fp
-                by_source[plan.source] += 1
-                preview_items.append({"sample_id": sid, "label": row.get("label", ""), "image": row["image"],
-                                      "caption": f"{plan.source} {row.get('level', '')}".strip()})
-            except InputError as e:
-                rec["error"] = " ".join(str(e).split())
-                if _safe_id(sid):  # an earlier run's mask must not outlive this error row (removed at the end)
-                    stale.append(work / mask_rel)
-            out_rows.append(rec)
-            report(on_progress, "masks", i + 1, n)
-        result = _finish(work, out_rows, fingerprints, opts, numbering_record, by_source, seg_choice, low_peak,
-                         reused, preview, preview_items, written)
-    except BaseException:
-        for path in written:  # a fatal error (or Ctrl-C): remove what this run created
-            path.unlink(missing_ok=True)
-        raise
-    for path in stale:  # masks.csv now lists these samples as errors
-        path.unlink(missing_ok=True)
+            run = _build_all(rows, plans, plan_errors, per_sample, opts, staging, on_progress)
+            # 5. preview, run record; swap the staging folder in and write masks.csv last
+            result = _finish(opts, run, numbering_record, staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     if result.failures:
         raise PartialFailure(f"{result.failed} of {result.total} samples got no mask (listed in masks.csv)",
                              list(result.failures), result=result)
@@ -316,10 +433,10 @@ def _compute(plan: _Plan, shape: tuple[int, int], numbering: str, sigma_mm: floa
     return soften(hard, sigma_mm, spacing), int(hard.sum()), "box" if plan.source == "coords" else _kind(note)
 
 
-def _finish(work: Path, out_rows: list[dict], fingerprints: dict[str, str], opts: dict, numbering_record: dict,
-            by_source: collections.Counter, seg_choice: collections.Counter, low_peak: int, reused: int,
-            preview: Optional[str | Path], preview_items: list[dict], written: list[Path]) -> MasksResult:
-    """Write preview, masks.json, masks.csv (last); raise InputError when no sample got a mask."""
+def _finish(opts: MasksOptions, run: _Run, numbering_record: dict, staging: Path) -> MasksResult:
+    """Write the preview, then swap the staged masks in with masks.json and masks.csv (last); InputError when
+    no sample got a mask (nothing written)."""
+    work, out_rows = opts.work, run.rows
     n = len(out_rows)
     ok = sum(1 for r in out_rows if r["status"] == "ok")
     fails = [SampleFailure(r["sample_id"], r["error"]) for r in out_rows if r["status"] != "ok"]
@@ -328,34 +445,35 @@ def _finish(work: Path, out_rows: list[dict], fingerprints: dict[str, str], opts
         more = f" (and {len(fails) - 3} more)" if len(fails) > 3 else ""
         raise InputError(f"no mask could be built for any of {n} samples: {first}{more}" if n else
                          "index.csv has no samples")
-    if low_peak:
+    if run.low_peak:
         log.warning("%d soft mask(s) peak below %.1f (hard mask small next to sigma): consider a smaller "
-                    "--sigma-mm or --dilate-mm", low_peak, LOW_PEAK)
-
-    result = MasksResult(work=work.resolve(), total=n, ok=ok, failed=n - ok, computed=ok - reused,
-                         reused=reused, failures=list(fails), options=opts, by_source=dict(by_source),
-                         numbering=numbering_record)
-    if preview is not None:
-        idx = select_preview([(it["sample_id"], it["label"]) for it in preview_items])
-        chosen = [preview_items[k] for k in idx]
-        result.preview = write_preview(preview, chosen, lambda it: (
-            load_npy(work / it["image"]), load_npy(work / f"masks/{it['sample_id']}.npy"))).resolve()
-        written.append(result.preview)
-
+                    "--sigma-mm or --dilate-mm", run.low_peak, LOW_PEAK)
+    result = MasksResult(work=work.resolve(), total=n, ok=ok, failed=n - ok, computed=ok - run.reused,
+                         reused=run.reused, failures=list(fails), options=opts.record(),
+                         by_source=dict(run.by_source), numbering=numbering_record)
+    if opts.preview is not None:
+        idx = select_preview([(it["sample_id"], it["label"]) for it in run.preview_items])
+        chosen = [run.preview_items[k] for k in idx]
+        result.preview = write_preview(opts.preview, chosen, lambda it: (
+            load_npy(work / it["image"]), load_npy(staging / f"{it['sample_id']}.npy"))).resolve()
     csv_text = pd.DataFrame(out_rows, columns=MASK_COLUMNS).to_csv(index=False, lineterminator="\n")
-    record = {"stage": "masks build", "medsoft_aug": __version__, "versions": package_versions(), "options": opts,
+    record = {"stage": "masks build", "medsoft_aug": __version__, "versions": package_versions(), "options": opts.record(),
               "inputs": {"index.csv": sha256_file(work / "index.csv")},
               "outputs": {"masks.csv": sha256_bytes(csv_text.encode())},
-              "counts": {"total": n, "ok": ok, "failed": n - ok, "computed": ok - reused, "reused": reused,
-                         "by_source": dict(by_source), "seg_choice": dict(seg_choice),
-                         "low_peak": low_peak},
+              "counts": {"total": n, "ok": ok, "failed": n - ok, "computed": ok - run.reused, "reused": run.reused,
+                         "by_source": dict(run.by_source), "seg_choice": dict(run.seg_choice),
+                         "low_peak": run.low_peak},
               "numbering": numbering_record,
               "failures": [{"sample_id": f.sample_id, "problem": f.problem} for f in fails],
-              "fingerprints": fingerprints}
-    atomic_write_json(work / "masks.json", record)
-    atomic_write_text(work / "masks.csv", csv_text)
+              "fingerprints": run.fingerprints, "mask_sha256": run.sha256}
+    try:
+        _swap_in(work, staging, record, csv_text)
+    except BaseException:
+        if result.preview is not None:
+            result.preview.unlink(missing_ok=True)
+        raise
     result.masks_json, result.masks_csv = (work / "masks.json").resolve(), (work / "masks.csv").resolve()
-    log.info("masks: %d ok, %d failed, %d reused of %d", ok, n - ok, reused, n)
+    log.info("masks: %d ok, %d failed, %d reused of %d", ok, n - ok, run.reused, n)
     return result
 
 
