@@ -33,6 +33,7 @@ channels and normalised with the encoder's mean/std.
 from __future__ import annotations
 
 import json
+import pickle
 import logging
 import tempfile
 from importlib import resources
@@ -290,6 +291,10 @@ def _load_weights(model: torch.nn.Module, weights: Path, folder: Path) -> None:
                     folder, weights.name)
     try:
         open_clip.load_checkpoint(model, str(weights), strict=True, weights_only=True, device="cpu")
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False: never pass that advice on
+        raise ModelError(f"encoder weights {weights}: refused: this pickle asks to run code or build objects "
+                         "that a weights-only load does not allow; use a safetensors file or a checkpoint from "
+                         "a trusted source that holds tensors only") from None
     except Exception as e:  # noqa: BLE001 - a user file: a shape mismatch, truncation or a pickle refused by
         # weights_only (pickle.UnpicklingError) all become one clear line
         raise ModelError(f"encoder folder {folder}: cannot load {weights.name} ({type(e).__name__}: "
