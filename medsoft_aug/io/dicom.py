@@ -177,7 +177,7 @@ def _scan_series(folder: Path) -> tuple[list, bool, int]:
     entries = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not entries:
         raise InputError(f"{folder.name}: folder is empty")
-    headers, ignored = [], 0
+    headers, others, ignored = [], [], 0
     for p in entries:
         preamble = has_dicm_preamble(p)
         if not preamble and p.suffix.lower() != ".dcm":
@@ -185,13 +185,35 @@ def _scan_series(folder: Path) -> tuple[list, bool, int]:
             continue
         ds = dcmread(p, header_only=True, force=not preamble)
         if "Rows" not in ds or "Columns" not in ds:
-            ignored += 1
+            others.append((p, ds))
             continue
         headers.append((p, ds))
+    if not headers and not others:
+        raise InputError(f"{folder.name}: no DICOM images in folder")
+    _check_non_images(others, headers)
     if not headers:
         raise InputError(f"{folder.name}: no DICOM images in folder")
     headers, empty_uids = _one_series(headers, folder.name)
-    return headers, empty_uids, ignored
+    return headers, empty_uids, ignored + len(others)
+
+
+def _check_non_images(others: list, headers: list) -> None:
+    """DICOM files without an image are ignored only when they are recognisably something else (a DICOMDIR,
+    a report: a SOP class of their own, not the images' SOP class or series). An empty, truncated or damaged
+    slice file - no SOP class, or the images' SOP class or series without Rows/Columns - is an error, not a
+    silently missing slice."""
+    series = {str(getattr(ds, "SeriesInstanceUID", "") or "").strip() for _, ds in headers} - {""}
+    image_sops = {_sop(ds) for _, ds in headers} - {""}
+    for p, ds in others:
+        sop, uid = _sop(ds), str(getattr(ds, "SeriesInstanceUID", "") or "").strip()
+        if not sop or sop in image_sops or (uid and uid in series):
+            raise InputError(f"{p.name}: not a readable DICOM image (empty, truncated or damaged file: "
+                             "no Rows/Columns)")
+
+
+def _sop(ds) -> str:
+    fm = getattr(ds, "file_meta", None)
+    return str(getattr(ds, "SOPClassUID", "") or getattr(fm, "MediaStorageSOPClassUID", "") or "").strip()
 
 
 def _plan_series(headers: list, name: str) -> tuple[SliceGeometry, list[int], set]:

@@ -156,7 +156,11 @@ def check_pixel_bytes(ds, name: str) -> None:
     of the pixels as the image. InputError when they disagree (a damaged header or a truncated file)."""
     fm = getattr(ds, "file_meta", None)
     ts = getattr(fm, "TransferSyntaxUID", None) if fm is not None else None
-    if "PixelData" not in ds or (ts is not None and getattr(ts, "is_compressed", False)):
+    try:
+        compressed = ts is not None and bool(ts.is_compressed)
+    except (ValueError, AttributeError):  # not a known transfer syntax: the decoder will refuse it
+        return
+    if "PixelData" not in ds or compressed:
         return
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)

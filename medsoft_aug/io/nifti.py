@@ -87,23 +87,10 @@ def read_nifti(path: str | Path, *, label_map: bool = False) -> ImageData:
     When sform and qform are both coded and disagree, the sform is used (as nibabel chooses) and
     ``meta["warnings"]`` says so (see :func:`affine_choice`); ``meta["affine_source"]`` records the choice.
     """
-    import nibabel as nib
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
-    try:
-        img = nib.load(str(path))
-        # np.asanyarray(dataobj) reads (and decompresses) everything now, so truncation errors surface here.
-        data = np.asanyarray(img.dataobj)
-        affine = np.asarray(img.affine, dtype=np.float64)
-        stored_dtype = str(img.get_data_dtype())
-    except Exception as e:  # noqa: BLE001 - nibabel/gzip/zlib raise many types; all mean "cannot read"
-        raise InputError(f"{path.name}: cannot read NIfTI ({type(e).__name__}: {_one_line(e)})") from e
-    if data.dtype.kind == "c":
-        raise InputError(f"{path.name}: NIfTI holds complex values ({stored_dtype}); give magnitude images")
-    if data.dtype.kind not in "biuf":
-        raise InputError(f"{path.name}: NIfTI data type {stored_dtype} is not a number type")
+    img, data, affine, stored_dtype = _load(path)
     orig_shape = tuple(int(s) for s in data.shape)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
@@ -123,6 +110,38 @@ def read_nifti(path: str | Path, *, label_map: bool = False) -> ImageData:
     meta["orig_ornt"] = "".join(codes)
     return ImageData(array=arr, spacing=spacing_from_affine(canon_affine), affine=canon_affine,
                      source_format="nifti", meta=meta)
+
+
+def _load(path: Path) -> tuple:
+    """(nibabel image, data array as stored, affine, stored dtype name); InputError for anything unreadable.
+
+    ``.nii.gz`` files are decompressed whole first (``gzip.decompress`` checks the CRC and length of every
+    member, which nibabel's partial reads never reach: a flipped bit in the compressed data is an error, not
+    silently different voxels); NIfTI-1 and NIfTI-2 are then parsed from those bytes."""
+    import gzip
+
+    import nibabel as nib
+
+    try:
+        if path.name.lower().endswith(".gz"):
+            raw = gzip.decompress(path.read_bytes())
+            cls = nib.Nifti2Image if raw[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c") else nib.Nifti1Image
+            img = cls.from_bytes(raw)
+            del raw
+        else:
+            img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)  # reads everything now, so truncation errors surface here
+        affine = np.asarray(img.affine, dtype=np.float64)
+        stored_dtype = str(img.get_data_dtype())
+    except Exception as e:  # noqa: BLE001 - nibabel/gzip/zlib raise many types; all mean "cannot read"
+        raise InputError(f"{path.name}: cannot read NIfTI ({type(e).__name__}: {_one_line(e)})") from e
+    if data.dtype.kind == "c":
+        raise InputError(f"{path.name}: NIfTI holds complex values ({stored_dtype}); give magnitude images")
+    if data.dtype.kind not in "biuf":
+        raise InputError(f"{path.name}: NIfTI data type {stored_dtype} is not a number type")
+    if data.size == 0:
+        raise InputError(f"{path.name}: NIfTI has an empty dimension (shape {tuple(data.shape)})")
+    return img, data, affine, stored_dtype
 
 
 #: sform and qform "agree" when they map every corner of the volume within this distance (mm); the qform's

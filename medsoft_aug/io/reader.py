@@ -57,6 +57,8 @@ def check_finite(img: ImageData, name: str) -> ImageData:
     """InputError when the pixel array holds NaN or infinite values (they would silently change the
     normalization and every later stage); counts only, never values."""
     arr = img.array
+    if arr.size == 0:
+        raise InputError(f"{name}: the image is empty (shape {tuple(arr.shape)})")
     if arr.dtype.kind == "f":
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         if bad:
