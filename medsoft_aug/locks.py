@@ -6,7 +6,7 @@ and host, read from a small lock-info file beside the lock (no patient data: sta
 
 The lock is an OS lock (``flock``) on ``FOLDER/.medsoft-aug.lock``: the kernel releases it when its process ends,
 however it ends, so the lock of a killed run is stale and the next run takes it over (and rewrites the info
-file). Stages clean their temporary files only while holding the lock, so a second run never deletes the
+file). A run that ends normally removes both files. Stages clean their temporary files only while holding the lock, so a second run never deletes the
 first one's work in progress.
 """
 from __future__ import annotations
@@ -82,6 +82,8 @@ def folder_lock(folder: str | os.PathLike, stage: str, *, what: str = "folder") 
         _write_info(folder, stage)
         yield folder
     finally:
-        with contextlib.suppress(OSError):
-            (folder / INFO_NAME).unlink()
+        # Remove both files while still holding the lock, so a finished run leaves nothing behind.
+        for name in (INFO_NAME, LOCK_NAME):
+            with contextlib.suppress(OSError):
+                (folder / name).unlink()
         lock.release()

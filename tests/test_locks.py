@@ -76,7 +76,7 @@ def test_second_ingest_refused_then_stale_lock_taken_over(dataset):
     r = _cli("ingest", "--labels", labels, "--images", images, "--out", work)
     assert r.returncode == 0, r.stderr
     assert (work / "index.csv").is_file() and not (work / ".ingest-partial-inflight").exists()
-    assert not (work / INFO_NAME).exists()  # released at the end
+    assert not (work / INFO_NAME).exists() and not (work / LOCK_NAME).exists()  # released, nothing left
 
 
 def test_second_masks_build_refused(tmp_path):
@@ -108,3 +108,24 @@ def test_lock_in_process(tmp_path):
     with pytest.raises(InputError, match="not a folder"):
         with folder_lock(tmp_path / "file", "balance"):
             pass
+
+
+def test_second_train_refused_before_any_model_loads(tmp_path):
+    from typer.testing import CliRunner
+
+    from _masks_helpers import make_work
+    from medsoft_aug.cli.app import app
+    from medsoft_aug.masks.stage import build_masks
+
+    work = make_work(tmp_path / "w", [dict(sample_id="a", x=10, y=10), dict(sample_id="b", x=12, y=12,
+                                                                             label="tumor")])
+    build_masks(work)
+    holder = _hold(tmp_path / "M", "train")
+    try:
+        r = CliRunner().invoke(app, ["train", str(work), "--out", str(tmp_path / "M"), "--device", "cpu"])
+        assert r.exit_code == 3, r.stderr
+        assert "MODEL_DIR" in r.stderr and "in use" in r.stderr and f"pid {holder.pid}" in r.stderr
+        assert sorted(p.name for p in (tmp_path / "M").iterdir()) == sorted([INFO_NAME, LOCK_NAME])
+    finally:
+        holder.kill()
+        holder.wait()

@@ -21,6 +21,7 @@ import torch
 
 from ..errors import InputError, UsageError
 from ..fsutil import atomic_write_json
+from ..locks import folder_lock
 from ..progress import ProgressFn
 from .loop import LoopConfig, list_checkpoints, make_accelerator, run_task
 
@@ -142,20 +143,22 @@ def train(work: str | Path, out: str | Path, options: Optional[TrainOptions] = N
     opts = replace(options or TrainOptions(), **overrides)
     work, out = Path(work), Path(out)
     opts.check_inputs(work, out)
-    # 2. an existing MODEL_DIR: skip (same options, complete), refuse, or clear (--force)
-    args = opts.record()
-    done = _existing(out, args, opts)
-    if done is not None:
-        return done
-    # 3. train; a failure before anything resumable exists leaves no half-made MODEL_DIR
+    # 2. one run per MODEL_DIR (a second is refused, exit 3); an existing MODEL_DIR: skip (same options,
+    #    complete), refuse, or clear (--force)
     created = not out.exists()
-    try:
-        return _train(work, out, opts, args, on_progress)
-    except BaseException:
-        if created and out.is_dir() and not any(out.rglob("trainer_state.json")) \
-                and not (out / "checkpoints" / MSC_DONE).is_file():
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+    with folder_lock(out, "train", what="MODEL_DIR"):
+        args = opts.record()
+        done = _existing(out, args, opts)
+        if done is not None:
+            return done
+        # 3. train; a failure before anything resumable exists leaves no half-made MODEL_DIR
+        try:
+            return _train(work, out, opts, args, on_progress)
+        except BaseException:
+            if created and out.is_dir() and not any(out.rglob("trainer_state.json")) \
+                    and not (out / "checkpoints" / MSC_DONE).is_file():
+                shutil.rmtree(out, ignore_errors=True)
+            raise
 
 
 def _train(work: Path, out: Path, opts: TrainOptions, args: dict, on_progress: ProgressFn) -> TrainResult:
