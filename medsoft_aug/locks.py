@@ -50,7 +50,8 @@ def _write_info(folder: Path, stage: str) -> None:
 
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, stage: str, *, what: str = "folder") -> Iterator[Path]:
-    """Hold the advisory lock of ``folder`` (created if missing) for the duration of the block.
+    """Hold the advisory lock of ``folder`` (created if missing) for the duration of the block. A folder the
+    lock created is removed again when the block fails and leaves it empty.
 
     Args:
         folder: WORK, MODEL_DIR or OUT.
@@ -64,6 +65,7 @@ def folder_lock(folder: str | os.PathLike, stage: str, *, what: str = "folder") 
     from filelock import FileLock, Timeout
 
     folder = Path(folder)
+    created = not folder.exists()
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{what} {folder} exists and is not a folder")
     try:
@@ -78,12 +80,19 @@ def folder_lock(folder: str | os.PathLike, stage: str, *, what: str = "folder") 
                                "wait for it to finish or choose another folder") from None
     except OSError as e:
         raise InputError(f"{what} {folder}: cannot take the run lock ({type(e).__name__})") from None
+    failed = False
     try:
         _write_info(folder, stage)
         yield folder
+    except BaseException:
+        failed = True
+        raise
     finally:
         # Remove both files while still holding the lock, so a finished run leaves nothing behind.
         for name in (INFO_NAME, LOCK_NAME):
             with contextlib.suppress(OSError):
                 (folder / name).unlink()
         lock.release()
+        if failed and created:  # the lock made the folder and the run failed leaving nothing in it
+            with contextlib.suppress(OSError):
+                folder.rmdir()

@@ -129,3 +129,25 @@ def test_second_train_refused_before_any_model_loads(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_second_balance_refused_and_nothing_touched(tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from _balance_helpers import write_work
+    from medsoft_aug.cli.app import app
+
+    work = write_work(tmp_path / "work", {"normal": 3, "benign": 1})
+    out = tmp_path / "OUT"
+    holder = _hold(out, "balance")
+    try:
+        (out / ".manifest.csv.123.tmp").write_text("the holder's temp file")
+        r = CliRunner().invoke(app, ["balance", str(work), "--model", str(tiny_model_dir), "--out", str(out),
+                                     "--device", "cpu"])
+        assert r.exit_code == 3, r.stderr
+        assert "--out" in r.stderr and "in use" in r.stderr and f"pid {holder.pid}" in r.stderr
+        assert (out / ".manifest.csv.123.tmp").read_text() == "the holder's temp file"
+        assert sorted(p.name for p in out.iterdir()) == sorted([".manifest.csv.123.tmp", INFO_NAME, LOCK_NAME])
+    finally:
+        holder.kill()
+        holder.wait()
