@@ -23,6 +23,8 @@ from .errors import InputError
 
 LOCK_NAME = ".medsoft-aug.lock"
 INFO_NAME = ".medsoft-aug.lock.json"
+#: the names a held lock puts in its folder (a stage that checks a folder is empty ignores them)
+LOCK_FILES = frozenset({LOCK_NAME, INFO_NAME})
 
 
 class FolderInUseError(InputError):

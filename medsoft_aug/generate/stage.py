@@ -43,6 +43,7 @@ import pandas as pd
 
 from ..errors import FailureList, InputError, ModelError, PartialFailure, UsageError
 from ..fsutil import atomic_path, atomic_save_npy, atomic_write_json, load_npy, sha256_file
+from ..locks import LOCK_FILES, folder_lock
 from ..manifest import LEDGER_FILE, MANIFEST_COLUMNS, Ledger, read_manifest, write_manifest
 from ..progress import ProgressFn, batch_steps, report
 from ..versions import package_versions
@@ -102,37 +103,44 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
     # 2. MODEL_DIR, OUT and the source images a DICOM output needs.
     model_dir, out, fmt_root = _check_targets(work, model, out, output_format, images_root)
     model_sha, warnings = model_dir_sha256(model_dir), _work_warnings(model_dir, work)
-    # 3. The run's fingerprint, and what a previous run with the same one already wrote.
-    opts = {"target_ratio": float(target_ratio), "classes": list(classes or []), "prompts": str(prompts or ""),
-            "prompt_mode": prompt_mode, "seed": int(seed), "steps": int(steps), "guidance": float(guidance),
-            "eta": float(eta), "blend": blend, "output_format": output_format, "shard": f"{k}/{n}",
-            "normal_class": ncls}
-    fingerprint = {**opts, "model_sha256": model_sha, "plan_sha256": _plan_sha256(items)}
-    consts = {"model": model_dir.name, "model_sha256": model_sha, "steps": str(int(steps)),
-              "guidance": repr(float(guidance)), "eta": repr(float(eta)), "format": output_format}
-    prev = _previous_run(out, fingerprint, force)
-    rows, real_ids = ({} if force else _verified_rows(out, prev)), (list(index["sample_id"]) if k == 1 else [])
-    todo = [it for it in items if not _done(rows.get(it.sample_id), it, consts)]
-    real_todo = [s for s in real_ids if s not in rows]
-    if not todo and not real_todo and prev.get("status") == "complete" and (out / "manifest.csv").is_file():
-        return _summary(plan, items, prev, out, generated=0, skipped=len(items), failures=[])
-    # 4. Load the model before creating anything: a bad model writes nothing (torch is not needed before).
-    t0 = time.time()
-    gen, load_s = _load_generator(todo, model_dir, device=device, batch_size=batch_size, steps=steps,
-                                  guidance=guidance, eta=eta, base_model=base_model, blend=blend)
-    # 5. Real rows, then synthetic samples batch by batch (each batch appended to the resume ledger).
-    job = _Job(work, index, masks, out, output_format, fmt_root, consts, on_progress, created=not out.exists())
-    rows = {s: r for s, r in rows.items() if s in {it.sample_id for it in items} | set(real_ids)}
-    generated, gen_s, failures = _write_outputs(job, gen, fingerprint, rows, todo, real_todo, force or not prev)
-    # 6. The run record, then manifest.csv (written once, last: it means the run has finished), the summary.
-    record = {**_record(fingerprint, opts, work, model_dir, plan, (k, n, len(items)), generated,
-                        len(items) - len(todo), failures, (load_s, gen_s, time.time() - t0)), "warnings": warnings}
-    atomic_write_json(out / "balance.json", record)
-    write_final_manifest(out, rows)
-    summary = _summary(plan, items, record, out, generated=generated, skipped=len(items) - len(todo),
-                       failures=failures.items)
-    _raise_failures(failures, generated, len(items) - len(todo), len(todo), job, summary)
-    return summary
+    # One run per OUT (a second is refused, exit 3); temporary files are cleaned only under the lock.
+    created = not out.exists()
+    with folder_lock(out, "balance", what="--out"):
+        # 3. The run's fingerprint, and what a previous run with the same one already wrote.
+        opts = {"target_ratio": float(target_ratio), "classes": list(classes or []),
+                "prompts": str(prompts or ""), "prompt_mode": prompt_mode, "seed": int(seed),
+                "steps": int(steps), "guidance": float(guidance), "eta": float(eta), "blend": blend,
+                "output_format": output_format, "shard": f"{k}/{n}", "normal_class": ncls}
+        fingerprint = {**opts, "model_sha256": model_sha, "plan_sha256": _plan_sha256(items)}
+        consts = {"model": model_dir.name, "model_sha256": model_sha, "steps": str(int(steps)),
+                  "guidance": repr(float(guidance)), "eta": repr(float(eta)), "format": output_format}
+        prev = _previous_run(out, fingerprint, force)
+        rows = {} if force else _verified_rows(out, prev)
+        real_ids = list(index["sample_id"]) if k == 1 else []
+        todo = [it for it in items if not _done(rows.get(it.sample_id), it, consts)]
+        real_todo = [s for s in real_ids if s not in rows]
+        if not todo and not real_todo and prev.get("status") == "complete" \
+                and (out / "manifest.csv").is_file():
+            return _summary(plan, items, prev, out, generated=0, skipped=len(items), failures=[])
+        # 4. Load the model before creating anything: a bad model writes nothing (no torch before).
+        t0 = time.time()
+        gen, load_s = _load_generator(todo, model_dir, device=device, batch_size=batch_size, steps=steps,
+                                      guidance=guidance, eta=eta, base_model=base_model, blend=blend)
+        # 5. Real rows, then synthetic samples batch by batch (each batch appended to the resume ledger).
+        job = _Job(work, index, masks, out, output_format, fmt_root, consts, on_progress, created=created)
+        rows = {s: r for s, r in rows.items() if s in {it.sample_id for it in items} | set(real_ids)}
+        generated, gen_s, failures = _write_outputs(job, gen, fingerprint, rows, todo, real_todo,
+                                                    force or not prev)
+        # 6. The run record, then manifest.csv (written once, last: it means the run has finished), summary.
+        record = {**_record(fingerprint, opts, work, model_dir, plan, (k, n, len(items)), generated,
+                            len(items) - len(todo), failures, (load_s, gen_s, time.time() - t0)),
+                  "warnings": warnings}
+        atomic_write_json(out / "balance.json", record)
+        write_final_manifest(out, rows)
+        summary = _summary(plan, items, record, out, generated=generated, skipped=len(items) - len(todo),
+                           failures=failures.items)
+        _raise_failures(failures, generated, len(items) - len(todo), len(todo), job, summary)
+        return summary
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------
@@ -302,7 +310,7 @@ def _raise_failures(failures: FailureList, generated: int, skipped: int, n_todo:
 def _previous_run(out: Path, fingerprint: dict, force: bool) -> dict:
     p = out / "balance.json"
     if not p.is_file():
-        if out.exists() and any(out.iterdir()) and not force:
+        if out.exists() and any(q.name not in LOCK_FILES for q in out.iterdir()) and not force:
             raise InputError(f"{out} exists and is not a balance output folder: choose a new --out")
         return {}
     try:
