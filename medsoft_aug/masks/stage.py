@@ -457,7 +457,8 @@ def _finish(opts: MasksOptions, run: _Run, numbering_record: dict, staging: Path
         result.preview = write_preview(opts.preview, chosen, lambda it: (
             load_npy(work / it["image"]), load_npy(staging / f"{it['sample_id']}.npy"))).resolve()
     csv_text = pd.DataFrame(out_rows, columns=MASK_COLUMNS).to_csv(index=False, lineterminator="\n")
-    record = {"stage": "masks build", "medsoft_aug": __version__, "versions": package_versions(), "options": opts.record(),
+    record = {"stage": "masks build", "medsoft_aug": __version__, "versions": package_versions(),
+              "options": opts.record(),
               "inputs": {"index.csv": sha256_file(work / "index.csv")},
               "outputs": {"masks.csv": sha256_bytes(csv_text.encode())},
               "counts": {"total": n, "ok": ok, "failed": n - ok, "computed": ok - run.reused, "reused": run.reused,
