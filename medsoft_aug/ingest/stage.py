@@ -300,7 +300,8 @@ def _result(opts: IngestOptions, rows: list[dict[str, Any]], failures: FailureLi
 def _record(opts: IngestOptions, result: IngestResult, fingerprint: str, input_hashes: dict,
             notes: list[dict[str, str]]) -> dict[str, Any]:
     return {"stage": "ingest", "versions": package_versions(), "fingerprint": fingerprint,
-            "options": opts.record(), "inputs": input_hashes, "normal_class": opts.normal_class, "n_samples": result.n_samples,
+            "options": opts.record(), "inputs": input_hashes, "normal_class": opts.normal_class,
+            "n_samples": result.n_samples,
             "counts": result.counts, "split_counts": result.split_counts, "skipped": result.skipped,
             "failures": [{"sample_id": f.sample_id, "problem": f.problem} for f in result.failures],
             "warnings": notes,
