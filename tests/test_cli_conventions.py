@@ -165,3 +165,21 @@ def test_balance_reports_every_denoising_step(tmp_path, tiny_model_dir):
     q = runner.invoke(app, ["-q", "balance", str(work), "--model", str(tiny_model_dir), "-o", str(tmp_path / "o"),
                             "--steps", "10", "--batch-size", "2", "--device", "cpu"])
     assert q.exit_code == 0 and q.stderr == "" and "already done" in q.stdout
+
+
+def test_quality_text_formats_numbers():
+    from pathlib import Path
+
+    from medsoft_aug.cli.evaluate_cmd import quality_text
+
+    s = {"n_samples": 19, "steps": 50, "guidance": 7.5, "seed": 0,
+         "psnr": {"mean": 31.912345678, "std": 1.2345678}, "psnr_mask": {"mean": 16.04, "std": 2.0},
+         "ssim": {"mean": 0.9761234, "std": 0.01}, "ssim_mask": {"mean": None, "std": None}, "n_identical": 0,
+         "fid": 12.3456789, "fid_features": "tiny_encoder", "fid_note": "smoke test",
+         "background": {"n": 87, "n_identical_outside_mask": 87, "psnr_outside_strict_db": "inf",
+                        "max_abs_diff_outside_strict": 0.0}}
+    text = quality_text(s, Path("Q"))
+    assert "PSNR (whole image)   31.91 ± 1.23 dB" in text and "SSIM (whole image)   0.976 ± 0.010" in text
+    assert "SSIM (inside mask)   n/a" in text and "FID                  12.35 (tiny_encoder features)" in text
+    assert "psnr_outside_strict_db inf" in text and "max_abs_diff_outside_strict 0.000" in text
+    assert "31.912345678" not in text and "12.3456789" not in text

@@ -157,11 +157,13 @@ def quality_text(s: dict, out: Path) -> str:
     if s.get("n_identical"):
         lines.append(f"  identical to the original: {s['n_identical']} (PSNR inf, left out of the means)")
     lines.append(f"  {'FID':<20} {_num(s.get('fid'), 2)} ({s.get('fid_features', 'n/a')} features)")
-    bg = s.get("background")
-    if isinstance(bg, dict):
+    bg = s.get("background") if isinstance(s.get("background"), dict) else {}
+    if bg:
         lines.append("background fidelity of the balance output (outside the mask, against the donor): "
-                     + ", ".join(f"{k} {_num(v)}" for k, v in bg.items() if not isinstance(v, (dict, list))))
-    for note in ([s["fid_note"]] if s.get("fid_note") else []) + list(s.get("notes", [])):
+                     + ", ".join(f"{k} {_num(v)}" for k, v in bg.items() if k != "note" and
+                                 not isinstance(v, (dict, list))))
+    notes = [s.get("fid_note"), bg.get("note"), *s.get("notes", [])]
+    for note in filter(None, notes):
         lines.append(f"note: {note}")
     lines.append(f"written to {out}")
     return "\n".join(lines)
