@@ -356,3 +356,16 @@ def test_cli_train_refuses_wrong_base_with_exit_3(work, tmp_path, folder, words,
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and words in lines[0]
     assert not (tmp_path / "M").exists()
+
+
+def test_cli_train_checks_the_encoder_before_loading_the_base(work, tmp_path, no_weight_reads):
+    broken = without(biomedclip_folder(), tmp_path / "enc", "config.json", "vocab.txt", "tokenizer.json",
+                     "tokenizer_config.json")
+    res = _cli("train", work, "--out", tmp_path / "M", "--base-model", sd15_folder(), "--encoder", broken,
+               "--max-steps", 1, "--device", "cpu")
+    assert res.exit_code == 3 and "tokenizer files" in res.stderr, res.stderr
+    res = _cli("train", work, "--out", tmp_path / "M", "--base-model", sd15_folder(), "--encoder",
+               without(biomedclip_folder(), tmp_path / "enc2", "open_clip_pytorch_model.bin"), "--max-steps", 1,
+               "--device", "cpu")
+    assert res.exit_code == 3 and "no weights" in res.stderr, res.stderr
+    assert not (tmp_path / "M").exists()

@@ -125,9 +125,31 @@ def load_base_model(ref: str = "tiny", device: str | torch.device = "cpu",
         return _load_folder(path, device, dtype)
     if path.is_file():
         return _load_single_file(path, device, dtype)
-    if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") != 1:
-        raise ModelError(f"base model {ref!r}: not 'tiny', a diffusers-layout folder, or a hub id 'org/name'")
+    check_base_model(ref)                                     # a bad reference: one clear line
     return _load_hub(ref, device, dtype)
+
+
+def check_base_model(ref: str) -> None:
+    """What ``load_base_model(ref)`` would refuse, found from configs and headers only (milliseconds; no weight
+    is read, nothing is downloaded): missing parts, unusable configs, refused single files. Hub ids are checked
+    when loaded (their configs are downloaded first)."""
+    if ref in ("tiny", "tiny-random"):
+        return
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        missing = [p for p in PARTS if not (path / p).is_dir()]
+        if missing:
+            raise ModelError(f"base model folder {path}: missing {', '.join(p + '/' for p in missing)}")
+        check_base_configs(read_base_configs(path), str(path))
+        for part, stem in _WEIGHT_PARTS.items():
+            _variant(path / part, stem)
+    elif path.is_file():
+        from .single_file import single_file_config
+
+        single_file_config(path)
+    elif path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") != 1:
+        raise ModelError(f"base model {ref!r}: not 'tiny', a diffusers-layout folder, a single-file checkpoint or "
+                         f"a hub id 'org/name'")
 
 
 def sd15_unet_config() -> dict[str, Any]:

@@ -171,6 +171,17 @@ def load_encoder(ref: str = "tiny", device: str | torch.device = "cpu") -> Medic
     raise ModelError(f"encoder {ref!r}: not 'tiny', an existing open_clip folder, or an 'hf-hub:' id")
 
 
+def check_encoder(ref: str) -> None:
+    """What ``load_encoder(ref)`` would refuse, found without reading weights (milliseconds): a missing or invalid
+    open_clip_config.json, no weights file, a text-tower config not found offline, missing tokenizer files."""
+    if ref == "tiny" or ref.startswith("hf-hub:"):
+        return
+    path = Path(ref[len("local-dir:"):] if ref.startswith("local-dir:") else ref).expanduser()
+    if not path.is_dir():
+        raise ModelError(f"encoder {ref!r}: not 'tiny', an existing open_clip folder, or an 'hf-hub:' id")
+    _resolve_folder(path, require_weights=True)
+
+
 def tiny_config() -> dict[str, Any]:
     """The shipped tiny encoder config (open_clip config, BERT config, WordPiece vocab, seed)."""
     text = resources.files("medsoft_aug.models").joinpath("configs", TINY_CONFIG).read_text(encoding="utf-8")
@@ -342,27 +353,23 @@ def _resolve_bert_dir(folder: Path, name: str) -> Optional[Path]:
     return None
 
 
-def _create(folder: Path, require_weights: bool = True) -> tuple[torch.nn.Module, Any]:
-    """open_clip ``create_model('local-dir:FOLDER')`` with the text tower's BERT config resolved offline."""
-    import open_clip
-    from open_clip.tokenizer import HFTokenizer
-
+def _resolve_folder(folder: Path, require_weights: bool) -> dict[str, Any]:
+    """Everything ``_create`` needs from an open_clip folder, read from its configs only: ``model_cfg``,
+    ``weights`` (the file open_clip would load, or None), ``text_cfg`` (current keys, BERT config resolved
+    offline), ``overrides`` for ``create_model`` and ``tok_source`` (the tokenizer folder)."""
     cfg_path = folder / "open_clip_config.json"
     if not cfg_path.is_file():
         raise ModelError(f"encoder folder {folder}: open_clip_config.json missing")
     try:
-        full = json.loads(cfg_path.read_text(encoding="utf-8"))
-        model_cfg = full["model_cfg"]
-    except (ValueError, KeyError) as e:
+        model_cfg = json.loads(cfg_path.read_text(encoding="utf-8"))["model_cfg"]
+        text_cfg = _text_cfg_current(model_cfg.get("text_cfg", {}), folder)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ModelError(f"encoder folder {folder}: open_clip_config.json is not valid ({type(e).__name__})") from e
     weights = _find_weights(folder)
     if weights is None and require_weights:
         raise ModelError(f"encoder folder {folder}: no weights (open_clip_model.safetensors or "
                          f"open_clip_pytorch_model.bin)")
-    overrides: dict[str, Any] = {}
-    text_cfg = _text_cfg_current(model_cfg.get("text_cfg", {}), folder)
-    if text_cfg != model_cfg.get("text_cfg", {}):
-        overrides["text_cfg"] = text_cfg
+    overrides: dict[str, Any] = {"text_cfg": text_cfg} if text_cfg != model_cfg.get("text_cfg", {}) else {}
     tok_source: Optional[Path] = folder if any((folder / f).is_file() for f in _TOKENIZER_FILES) else None
     if "hf_model_name" in text_cfg:
         bert_dir = _resolve_bert_dir(folder, text_cfg["hf_model_name"])
@@ -375,24 +382,37 @@ def _create(folder: Path, require_weights: bool = True) -> tuple[torch.nn.Module
         overrides["text_cfg"] = text_cfg
         if tok_source is None and any((bert_dir / f).is_file() for f in _TOKENIZER_FILES):
             tok_source = bert_dir
+    if ("hf_tokenizer_name" in text_cfg or "hf_model_name" in text_cfg) and tok_source is None:
+        raise ModelError(f"encoder folder {folder}: tokenizer files (vocab.txt or tokenizer.json) missing")
+    return {"model_cfg": model_cfg, "weights": weights, "text_cfg": text_cfg, "overrides": overrides,
+            "tok_source": tok_source}
+
+
+def _create(folder: Path, require_weights: bool = True) -> tuple[torch.nn.Module, Any]:
+    """open_clip ``create_model('local-dir:FOLDER')`` with the text tower's BERT config resolved offline, then
+    the weights loaded by ``_load_weights``."""
+    import open_clip
+    from open_clip.tokenizer import HFTokenizer
+
+    r = _resolve_folder(folder, require_weights)
     quiet = _DropOpenClipNoWeightsWarnings()
     logging.getLogger().addFilter(quiet)
     try:
-        model = open_clip.create_model("local-dir:" + str(folder), load_weights=False, **overrides)
+        model = open_clip.create_model("local-dir:" + str(folder), load_weights=False, **r["overrides"])
     except (RuntimeError, ValueError, OSError, KeyError, TypeError) as e:
         raise ModelError(f"encoder folder {folder}: cannot build the model "
                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
     finally:
         logging.getLogger().removeFilter(quiet)
-    if weights is not None:
-        _load_weights(model, weights, folder)
+    if r["weights"] is not None:
+        _load_weights(model, r["weights"], folder)
+    text_cfg = r["text_cfg"]
     if "hf_tokenizer_name" in text_cfg or "hf_model_name" in text_cfg:
-        if tok_source is None:
-            raise ModelError(f"encoder folder {folder}: tokenizer files (vocab.txt or tokenizer.json) missing")
-        tokenizer = HFTokenizer(str(tok_source), context_length=text_cfg.get("context_length", 256))
+        tokenizer = HFTokenizer(str(r["tok_source"]), context_length=text_cfg.get("context_length", 256))
     else:
         tokenizer = open_clip.get_tokenizer("local-dir:" + str(folder))
-    model._medsoft_model_cfg = {**model_cfg, "text_cfg": _text_cfg_current(model_cfg.get("text_cfg", {}), folder)}
+    model._medsoft_model_cfg = {**r["model_cfg"],  # type: ignore[attr-defined]
+                                "text_cfg": _text_cfg_current(r["model_cfg"].get("text_cfg", {}), folder)}
     return model, tokenizer
 
 

@@ -103,6 +103,12 @@ class TrainOptions:
         from ..workdir import read_index, read_masks
 
         read_index(work), read_masks(work)
+        from ..models.base import check_base_model
+        from ..models.encoders import check_encoder
+
+        check_base_model(self.base_model)             # configs and headers only: a wrong model fails in seconds
+        if not self.no_msc:
+            check_encoder(self.encoder)
         for p in (out, *out.parents):
             if p.exists() and not p.is_dir():
                 raise InputError(f"--out {out}: {p} is an existing file, not a folder: choose another --out")
@@ -120,9 +126,10 @@ class TrainOptions:
 
 
 def _ref(ref: str) -> str:
-    """Local folders are recorded as absolute paths; 'tiny' and hub ids as given."""
+    """Local folders and files (single-file checkpoints) are recorded as absolute paths; 'tiny' and hub ids as
+    given."""
     p = Path(ref).expanduser()
-    return str(p.resolve()) if p.is_dir() else ref
+    return str(p.resolve()) if p.exists() else ref
 
 
 def adapter_seed(seed: int) -> int:
