@@ -39,7 +39,7 @@ from typing import Any, Iterable, Optional, Sequence
 import pandas as pd
 
 from .errors import InputError, UsageError
-from .fsutil import atomic_write_csv
+from .fsutil import atomic_write_csv, atomic_write_json
 
 MANIFEST_COLUMNS = ["sample_id", "patient_id", "split", "label", "origin", "image", "mask", "donor_id", "prompt",
                     "seed", "model", "model_sha256", "steps", "guidance", "eta", "format", "sha256"]
@@ -210,7 +210,53 @@ def merge_manifests(paths: Sequence[str | Path], out: str | Path) -> MergeResult
                          + ", ".join(conflicts[:5]) + (" ..." if len(conflicts) > 5 else ""))
     merged = allrows.loc[sorted(keep)].drop(columns="_src")
     write_manifest(out, merged)
+    write_datalist(datalist_path(out), merged)
     syn = merged[merged["origin"] == "synthetic"]
     return MergeResult(out=str(out), inputs=[str(p) for p in inputs], n_rows=len(merged),
                        n_real=int((merged["origin"] == "real").sum()), n_synthetic=len(syn),
                        duplicates=duplicates, models=sorted(set(syn["model_sha256"])))
+
+
+# ---- MONAI datalist ------------------------------------------------------------------------------------------
+DATALIST_LISTS = {"train": "training", "val": "validation", "test": "test"}
+
+
+def datalist(rows: pd.DataFrame, folder: str | Path) -> dict[str, Any]:
+    """The manifest's rows as a MONAI datalist (``monai.data.load_decathlon_datalist``; the Decathlon layout).
+
+    ``training`` / ``validation`` / ``test`` hold the rows of the train / val / test split (synthetic rows are
+    train rows), in the manifest's order, each ``{"image", "label", "class", "sample_id", "patient_id",
+    "synthetic"}`` plus ``"mask"`` (the soft mask .npy) when the row has one and ``"seg"`` (the DICOM
+    Segmentation written beside a DICOM image, ``{id}_seg.dcm``) when it exists. ``label`` is the class index in
+    ``labels`` (class names sorted), ``class`` its name, ``synthetic`` a boolean (not the manifest's ``origin``
+    string: MONAI turns any string naming an existing path, such as ``real``, into a path). Paths are relative to
+    ``folder`` (the datalist's folder).
+    """
+    folder = Path(folder)
+    classes = sorted({str(c) for c in rows["label"]})
+    index = {c: i for i, c in enumerate(classes)}
+    out: dict[str, Any] = {"name": "medsoft-aug balanced dataset", "labels": {str(i): c for c, i in index.items()},
+                           **{name: [] for name in DATALIST_LISTS.values()}}
+    order = rows.assign(_o=(rows["origin"] != "real").astype(int)).sort_values(["_o", "sample_id"], kind="stable")
+    for r in order.drop(columns="_o").astype(str).to_dict("records"):
+        item = {"image": r["image"], "label": index[str(r["label"])], "class": str(r["label"]),
+                "sample_id": r["sample_id"], "patient_id": r["patient_id"], "synthetic": r["origin"] == "synthetic"}
+        if r.get("mask"):
+            item["mask"] = r["mask"]
+        seg = str(r["image"])[:-len(".dcm")] + "_seg.dcm" if str(r["image"]).endswith(".dcm") else ""
+        if seg and (folder / seg).is_file():
+            item["seg"] = seg
+        out[DATALIST_LISTS.get(str(r["split"]), "training")].append(item)
+    out["numTraining"] = len(out["training"])
+    return out
+
+
+def datalist_path(manifest: str | Path) -> Path:
+    """``datalist.json`` beside ``manifest.csv`` (``X.datalist.json`` beside a manifest named ``X.csv``)."""
+    p = Path(manifest)
+    return p.with_name("datalist.json") if p.name == "manifest.csv" else p.with_suffix(".datalist.json")
+
+
+def write_datalist(path: str | Path, rows: pd.DataFrame) -> None:
+    """Write :func:`datalist` of ``rows`` atomically at ``path`` (``OUT/datalist.json``, beside manifest.csv)."""
+    atomic_write_json(Path(path), datalist(rows, Path(path).parent))

@@ -43,6 +43,7 @@ def test_no_planted_marker_reaches_any_output(tmp_path, tiny_model_dir):
                            "--target-ratio", "2", "--device", "cpu", "--output-format", "dicom", "--json")
     assert runs["balance"].returncode == 0, runs["balance"].stderr[-2000:]
     dcm = sorted(out.rglob("*.dcm"))
+    dcm = [p for p in dcm if not p.name.endswith("_seg.dcm")]
     assert len(dcm) == 3, "not every planned sample was written"
     texts = {f"{k} {s}": getattr(r, s) for k, r in runs.items() for s in ("stdout", "stderr")}
     found = leaks([work, out], texts)
@@ -50,6 +51,22 @@ def test_no_planted_marker_reaches_any_output(tmp_path, tiny_model_dir):
     # the markers did make pydicom warn, and the warnings were reported without values
     assert "header warning(s) while reading, values withheld" in runs["ingest"].stderr
     assert "invalid value for VR" in runs["ingest"].stderr
+    segs = sorted(out.rglob("*_seg.dcm"))                    # the soft masks as FRACTIONAL SEGs, checked above too
+    assert len(segs) == 3 and all(pydicom.dcmread(s).SegmentationType == "FRACTIONAL" for s in segs)
+    _check_datalist(out)
     ds = pydicom.dcmread(dcm[0])
     assert ds.PatientIdentityRemoved == "YES" and ds.Modality == "MR"
     assert not any(e.tag.is_private for e in ds.iterall())
+
+
+def _check_datalist(out):
+    """OUT/datalist.json loads in MONAI and lists exactly the manifest's rows, SEGs beside DICOM images."""
+    from monai.data import load_decathlon_datalist
+
+    from medsoft_aug.manifest import read_manifest
+
+    man = read_manifest(out / "manifest.csv")
+    items = load_decathlon_datalist(str(out / "datalist.json"), data_list_key="training", base_dir=str(out))
+    assert sorted(it["sample_id"] for it in items) == sorted(man[man.split == "train"].sample_id)
+    syn = [it for it in items if it["synthetic"] is True]
+    assert len(syn) == 3 and all(it["seg"].endswith("_seg.dcm") and it["image"].endswith(".dcm") for it in syn)

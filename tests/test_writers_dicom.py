@@ -165,3 +165,58 @@ def test_non_dicom_donor_and_missing_files_are_input_errors(tmp_path):
         write_dicom_derived(tmp_path / "o.dcm", x01, {**row, "source_format": "dicom", "source": "x.dcm"}, tmp_path,
                             sample_id="s", description="")
     assert not (tmp_path / "o.dcm").exists()
+
+
+def _soft_mask(shape, rng):
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    m = np.exp(-(((yy - shape[0] / 2) / 2.0) ** 2 + ((xx - shape[1] / 2) / 2.5) ** 2))
+    return np.clip(m + rng.uniform(0, 0.01, shape), 0, 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["series", "2d"])
+def test_fractional_seg_beside_the_image(tmp_path, kind):
+    import highdicom as hd
+    import SimpleITK as sitk
+
+    from medsoft_aug.generate.writers import seg_path
+
+    rng = np.random.default_rng(11)
+    if kind == "series":
+        vol = random_volume(rng, (5, 6, 7), hi=4000)
+        files, _ = write_series_from_canonical(tmp_path / "img" / "s1", vol,
+                                               canonical_affine((2.0, 0.7, 0.9), (-8.0, 14.0, 3.5)), "IPR", rng)
+        rel, index = "s1", 2
+    else:
+        files = [save(new_dataset(rng.integers(0, 4096, size=(9, 8)), iop=[1, 0, 0, 0, 1, 0], ipp=[5.0, 6.0, 7.0]),
+                      tmp_path / "img" / "a.dcm")]
+        rel, index = "a.dcm", None
+    for f in files:
+        save(fill_identifiers(pydicom.dcmread(f)), f)
+    donor = read_image(tmp_path / "img" / rel)
+    row, x01, geom = donor_row(donor, rel, index, 0.0, 4095.0)
+    mask = _soft_mask(x01.shape, rng)
+    out = tmp_path / "out" / "syn1.dcm"
+    write_dicom_derived(out, x01, row, tmp_path / "img", sample_id="syn1", description="lesion", mask01=mask)
+    image = assert_no_identifiers(out, donor_uids(files))
+    sp = seg_path(out)
+    assert sp.name == "syn1_seg.dcm" and ALPHA.encode() not in sp.read_bytes()
+    # highdicom: a FRACTIONAL segmentation of the synthetic instance, values within one 1/255 step
+    seg = hd.seg.segread(sp)
+    assert seg.segmentation_type == hd.seg.SegmentationTypeValues.FRACTIONAL
+    assert seg.get_source_image_uids() == [(image.StudyInstanceUID, image.SeriesInstanceUID, image.SOPInstanceUID)]
+    got = seg.get_pixels_by_source_instance([image.SOPInstanceUID], segment_numbers=[1])[0, :, :, 0]
+    np.testing.assert_allclose(got, mask, atol=0.5 / 255 + 1e-6)
+    # pydicom: nothing of the donor (its UIDs, identifiers, private tags) in the SEG either
+    ds = pydicom.dcmread(sp)
+    uids = donor_uids(files)
+    for elem in ds.iterall():
+        assert not elem.tag.is_private and not any(u in str(elem.value) for u in uids if elem.tag != 0x7FE00010)
+    assert ds.PatientID == image.PatientID and ds.StudyInstanceUID == image.StudyInstanceUID
+    assert ds.SegmentationType == "FRACTIONAL" and ds.MaximumFractionalValue == 255
+    # SimpleITK (GDCM) opens both, on the same grid
+    simg, sseg = sitk.ReadImage(str(out)), sitk.ReadImage(str(sp))
+    assert simg.GetSize()[:2] == sseg.GetSize()[:2] == (x01.shape[1], x01.shape[0])
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sseg).reshape(mask.shape), np.rint(mask * 255))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(simg).reshape(x01.shape), image.pixel_array)
+    if kind == "series":
+        np.testing.assert_allclose(sseg.GetOrigin(), simg.GetOrigin(), atol=1e-4)

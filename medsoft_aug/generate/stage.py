@@ -3,12 +3,14 @@
 OUT layout::
 
     manifest.csv                      real rows (all splits) + synthetic rows (manifest.MANIFEST_COLUMNS)
+    datalist.json                     the manifest's rows as a MONAI datalist (manifest.write_datalist)
     balance.json                      run record: fingerprint, options, counts before/after, timings, images/s
     real/{sample_id}.png              the real normalized slice (16-bit PNG of WORK/slices, [0,1] -> 0..65535)
     real/{sample_id}_mask.npy         its soft mask (when masks.csv has one)
     synthetic/{class}/{id}.png|.nii.gz|.dcm   the synthetic image (--output-format)
     synthetic/{class}/{id}_mask.npy   the mask used (the donor's soft mask, or M_b >= 0.5 for a --mask-mode hard
                                       model), float32 (H, W) in [0,1]
+    synthetic/{class}/{id}_seg.dcm    (dicom) that mask as a DICOM Segmentation, FRACTIONAL, referencing {id}.dcm
 
 Real rows reference copies inside OUT (not WORK) so that OUT is a self-contained dataset. With ``--shard K/N``
 only shard 1 writes the real rows; ``manifest merge`` joins the shards.
@@ -44,13 +46,14 @@ import pandas as pd
 from ..errors import FailureList, InputError, ModelError, PartialFailure, UsageError
 from ..fsutil import atomic_path, atomic_save_npy, atomic_write_json, load_npy, sha256_file
 from ..locks import LOCK_FILES, folder_lock
-from ..manifest import LEDGER_FILE, MANIFEST_COLUMNS, Ledger, read_manifest, write_manifest
+from ..manifest import (LEDGER_FILE, MANIFEST_COLUMNS, Ledger, datalist_path, read_manifest, write_datalist,
+                        write_manifest)
 from ..progress import ProgressFn, batch_steps, report
 from ..versions import package_versions
 from ..workdir import check_work, images_root_of, load_pair, normal_class_of
 from .plan import BalancePlan, PlanItem, parse_shard, plan_balance
 from .prompts import load_prompts
-from .writers import FORMATS, synthetic_paths, write_image, write_png16
+from .writers import FORMATS, seg_path, synthetic_paths, write_image, write_png16
 
 if TYPE_CHECKING:
     from .runner import Generator
@@ -269,7 +272,8 @@ def _write_sample(it: PlanItem, img: np.ndarray, msk: np.ndarray, donor: dict, j
     """Write one synthetic image and the mask generation used (each atomically); return its manifest row."""
     out = job.out
     img_rel, mask_rel = synthetic_paths(it.sample_id, it.label, job.fmt)
-    write_image(out / img_rel, img, job.fmt, donor, job.fmt_root, sample_id=it.sample_id, description=it.prompt)
+    write_image(out / img_rel, img, job.fmt, donor, job.fmt_root, sample_id=it.sample_id, description=it.prompt,
+                mask01=msk)
     atomic_save_npy(out / mask_rel, msk.astype(np.float32))
     return {"sample_id": it.sample_id, "patient_id": donor.get("patient_id", ""), "split": "train",
             "label": it.label, "origin": "synthetic", "image": img_rel, "mask": mask_rel,
@@ -414,6 +418,7 @@ def write_final_manifest(out: Path, rows: dict[str, dict]) -> Path:
     """The one place a final ``manifest.csv`` is written (the run or shard has finished); files under real/ and
     synthetic/ that it does not list are removed first (e.g. left by a larger plan before ``--force``)."""
     listed = {r[c] for r in rows.values() for c in ("image", "mask") if r.get(c)}
+    listed |= {seg_path(r["image"]).as_posix() for r in rows.values() if str(r.get("image", "")).endswith(".dcm")}
     for sub in ("real", "synthetic"):
         root = out / sub
         if not root.is_dir():
@@ -425,6 +430,7 @@ def write_final_manifest(out: Path, rows: dict[str, dict]) -> Path:
             elif f.is_dir() and not any(f.iterdir()):
                 f.rmdir()
     write_manifest(out / "manifest.csv", _frame(rows))
+    write_datalist(datalist_path(out / "manifest.csv"), _frame(rows))       # the same rows, MONAI's datalist
     return out / "manifest.csv"
 
 

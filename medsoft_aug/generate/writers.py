@@ -36,14 +36,17 @@ def synthetic_paths(sample_id: str, label: str, output_format: str) -> tuple[str
 
 
 def write_image(path: str | Path, image01: np.ndarray, output_format: str, row: dict[str, Any],
-                images_root: Optional[Path], *, sample_id: str, description: str = "") -> None:
-    """Write a synthetic image in ``output_format`` (one of :data:`FORMATS`) with the writer of that format."""
+                images_root: Optional[Path], *, sample_id: str, description: str = "",
+                mask01: Optional[np.ndarray] = None) -> None:
+    """Write a synthetic image in ``output_format`` (one of :data:`FORMATS`) with the writer of that format
+    (DICOM: with ``mask01`` also its FRACTIONAL Segmentation beside it, :func:`seg_path`)."""
     if output_format == "png":
         write_png16(path, image01)
     elif output_format == "nifti":
         write_nifti_slice(path, image01, row)
     else:
-        write_dicom_derived(path, image01, row, images_root, sample_id=sample_id, description=description)
+        write_dicom_derived(path, image01, row, images_root, sample_id=sample_id, description=description,
+                            mask01=mask01)
 
 
 def write_png16(path: str | Path, image01: np.ndarray) -> None:
@@ -112,9 +115,17 @@ def write_nifti_slice(path: str | Path, image01: np.ndarray, row: dict[str, Any]
     atomic_write_bytes(path, gzip.compress(raw, mtime=0) if path.name.endswith(".gz") else raw)
 
 
+def seg_path(image_path: str | Path) -> Path:
+    """Where the DICOM Segmentation of a synthetic DICOM image goes: ``{id}.dcm`` -> ``{id}_seg.dcm``."""
+    p = Path(image_path)
+    return p.with_name(p.name[:-len(".dcm")] + "_seg.dcm" if p.name.endswith(".dcm") else p.name + "_seg.dcm")
+
+
 def write_dicom_derived(path: str | Path, image01: np.ndarray, row: dict[str, Any], images_root: Optional[Path], *,
-                        sample_id: str, description: str) -> None:
-    """Write a de-identified DERIVED\\SECONDARY DICOM instance built from the donor's DICOM header.
+                        sample_id: str, description: str, mask01: Optional[np.ndarray] = None) -> None:
+    """Write a de-identified DERIVED\\SECONDARY DICOM instance built from the donor's DICOM header (highdicom),
+    and, given ``mask01`` ((H, W) soft mask in [0, 1]), the mask beside it as a DICOM Segmentation of type
+    FRACTIONAL referencing that instance (:func:`seg_path`; :func:`medsoft_aug.io.dicom_write.build_fractional_seg`).
 
     The donor is ``images_root / row["source"]``: a single file (2D: same grid and geometry; multi-frame: the
     sliced frame's geometry) or a series folder (header of the instance at ``slice_index`` when the series is
@@ -129,7 +140,7 @@ def write_dicom_derived(path: str | Path, image01: np.ndarray, row: dict[str, An
             unreadable, or the row's window/geometry is invalid.
     """
     from ..io.dicom_pixels import dcmread, has_dicm_preamble
-    from ..io.dicom_write import build_derived
+    from ..io.dicom_write import build_derived, build_fractional_seg
     from ..io.quiet import header_warnings
 
     sid = str(sample_id)
@@ -152,6 +163,17 @@ def write_dicom_derived(path: str | Path, image01: np.ndarray, row: dict[str, An
         template = dcmread(template_path, header_only=True, force=not has_dicm_preamble(template_path))
         ds = build_derived(template, values, sample_id=sid, description=description, derivation=DERIVATION,
                            geometry=geometry, window=window, frame=frame, deid_version=__version__)
+    if mask01 is not None:
+        mask = np.asarray(mask01, dtype=np.float32)
+        if mask.shape != values.shape:
+            raise InputError(f"{sid}: soft mask shape {mask.shape} differs from the image {values.shape}")
+        with header_warnings(f"{sid}: segmentation"):        # highdicom's own warnings, values withheld too
+            seg = build_fractional_seg(ds, mask, sample_id=sid, version=__version__)
+        _write_dataset(seg_path(path), seg)
+    _write_dataset(Path(path), ds)
+
+
+def _write_dataset(path: Path, ds) -> None:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     atomic_write_bytes(path, buf.getvalue())
@@ -221,7 +243,9 @@ def _dicom_geometry(geom: dict[str, Any]) -> dict[str, list[float]]:
     d_col = slice_to_world(geom, 0, 1) * to_lps - p00      # one column to the right
     d_row = slice_to_world(geom, 1, 0) * to_lps - p00      # one row down
     sc, sr = float(np.linalg.norm(d_col)), float(np.linalg.norm(d_row))
-    return {"iop": [*(d_col / sc), *(d_row / sr)], "ipp": list(p00), "pixel_spacing": [sr, sc]}
+    voxel_mm3 = abs(float(np.linalg.det(np.asarray(geom["affine"], dtype=np.float64)[:3, :3])))
+    return {"iop": [*(d_col / sc), *(d_row / sr)], "ipp": list(p00), "pixel_spacing": [sr, sc],
+            "slice_thickness": voxel_mm3 / (sr * sc)}      # the source voxel's extent across the slice
 
 
 def _image01(image01: np.ndarray, name: str) -> np.ndarray:

@@ -30,6 +30,7 @@ the donor quote values: :func:`medsoft_aug.io.quiet.header_warnings` reports the
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from dataclasses import dataclass
@@ -228,9 +229,11 @@ def stored_values(template, physical: np.ndarray, frame: int = 0) -> tuple[np.nd
 def build_derived(template, physical: np.ndarray, *, sample_id: str, description: str, derivation: str,
                   geometry: Optional[dict], window: tuple[float, float], frame: int = 0,
                   deid_version: str = ""):
-    """A new de-identified DERIVED\\SECONDARY dataset holding ``physical`` (rows, cols) in the donor's units.
+    """A new de-identified DERIVED\\SECONDARY instance holding ``physical`` (rows, cols) in the donor's units.
 
-    Only what the module's donor-attribute rule allows comes from ``template``; see the module docstring.
+    Built with highdicom (:class:`highdicom.SOPClass`: file meta, patient, study, series, equipment and SOP
+    common modules with new UIDs); the image modules come from the written pixels and, for the donor, only what
+    the module's donor-attribute rule allows (see the module docstring). It references nothing: no donor UID.
 
     Args:
         template: donor dataset (header; its pixels are not used).
@@ -238,27 +241,25 @@ def build_derived(template, physical: np.ndarray, *, sample_id: str, description
         sample_id: synthetic sample id (pseudonym and UID source).
         description: lesion description, written to ImageComments.
         derivation: DerivationDescription text naming the method and version.
-        geometry: {"iop": 6 floats, "ipp": 3 floats (LPS mm), "pixel_spacing": (row_mm, col_mm)} or None
-            (then the donor's ImageOrientation/Position and PixelSpacing, parsed as numbers).
+        geometry: {"iop": 6 floats, "ipp": 3 floats (LPS mm), "pixel_spacing": (row_mm, col_mm)} and optionally
+            "slice_thickness" (mm), or None (then the donor's values, parsed as numbers).
         window: (lo, hi) display window in physical units (written as WindowCenter/Width).
         frame: donor frame whose rescale and geometry apply (multi-frame donors).
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
-
     stored, pix = stored_values(template, physical, frame)
     data = np.ascontiguousarray(stored).tobytes()
-    ds = Dataset()
-    ds.SOPClassUID, ds.Modality = sop_class_and_modality(template)
+    sop_class, modality = sop_class_and_modality(template)
+    ds = _sop_instance(sample_id, data, sop_class, modality, deid_version)
     for kw, value in checked_donor_attributes(template, frame).items():
         setattr(ds, kw, value)
-    _identity(ds, sample_id, data, deid_version)
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.DerivationDescription = derivation
     if description:
         ds.ImageComments = str(description)[:10240]
     for kw, value in plane_attributes(template, geometry, frame).items():
         setattr(ds, kw, value)
+    if "SliceThickness" not in ds and geometry is not None and geometry.get("slice_thickness"):
+        ds.SliceThickness = _ds(geometry["slice_thickness"])
     offset = pix.pop("_window_offset")
     lo, hi = window
     center = (lo + hi) / 2.0 if offset is None else offset - (lo + hi) / 2.0
@@ -269,12 +270,48 @@ def build_derived(template, physical: np.ndarray, *, sample_id: str, description
         setattr(ds, kw, _ds(v) if kw.startswith("Rescale") else v)
     ds.PixelData = data
     ds["PixelData"].VR = "OB" if stored.dtype.itemsize == 1 else "OW"
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     return ds
+
+
+def build_fractional_seg(image, mask01: np.ndarray, *, sample_id: str, version: str = ""):
+    """The soft mask as a DICOM Segmentation of type FRACTIONAL (highdicom), referencing ``image`` only.
+
+    ``image`` is the synthetic instance of :func:`build_derived` (generated identity, no donor UID), so the SEG's
+    patient/study attributes and its one reference (source image for the segmentation) are generated too. One
+    segment, values ``round(mask * 255) / 255`` (PROBABILITY; the exact float mask stays in the ``.npy``).
+    Pixel measures come from the image; a slice thickness the image does not record is written as 1 mm.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    mask = np.clip(np.asarray(mask01, dtype=np.float32), 0.0, 1.0)
+    if mask.shape != (int(image.Rows), int(image.Columns)):
+        raise ValueError(f"mask shape {mask.shape} differs from the image's {(int(image.Rows), int(image.Columns))}")
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="medsoft-aug soft mask (SMIS, paper Eq. 1)", version=version or "0",
+        family=codes.cid7162.MorphologicalOperations)
+    segment = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="inpainted lesion region (soft mask)",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm)
+    source = image
+    if "ImageOrientationPatient" in image and image.get("SliceThickness") in (None, ""):
+        source = copy.deepcopy(image)                     # highdicom needs a thickness for patient coordinates
+        source.SliceThickness = "1"
+    key = mask.tobytes()
+    seg = hd.seg.Segmentation(
+        source_images=[source], pixel_array=mask, segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
+        segment_descriptions=[segment], series_instance_uid=derived_uid(sample_id, "seg-series", key),
+        series_number=2, sop_instance_uid=derived_uid(sample_id, "seg-sop", key), instance_number=1,
+        manufacturer="medsoft-aug", manufacturer_model_name="medsoft-aug", software_versions=version or "0",
+        device_serial_number="0", fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
+        max_fractional_value=255, omit_empty_frames=False,
+        series_description="medsoft-aug synthetic soft mask")
+    for kw in ("InstanceCreationDate", "InstanceCreationTime"):
+        if kw in seg:
+            delattr(seg, kw)
+    return seg
 
 
 def plane_attributes(template, geometry: Optional[dict], frame: int = 0) -> dict[str, list[str]]:
@@ -297,18 +334,26 @@ def plane_attributes(template, geometry: Optional[dict], frame: int = 0) -> dict
     return out
 
 
-def _identity(ds, sample_id: str, data: bytes, deid_version: str) -> None:
-    """Generated identity: new UIDs, pseudonymous patient, empty study identifiers, de-identification record."""
+def _sop_instance(sample_id: str, data: bytes, sop_class: str, modality: str, deid_version: str):
+    """Generated identity (highdicom SOPClass): new UIDs, pseudonymous patient, empty study identifiers, no
+    dates or times, the de-identification record."""
+    import highdicom as hd
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian
 
-    ds.SOPInstanceUID = derived_uid(sample_id, "sop", data)
-    ds.StudyInstanceUID = derived_uid(sample_id, "study", data)
-    ds.SeriesInstanceUID = derived_uid(sample_id, "series", data)
-    ds.FrameOfReferenceUID = derived_uid(sample_id, "frame-of-reference", data)
-    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    alias = pseudonym(sample_id)
     # identifiers replaced (Z: empty, D: dummy); dates and times removed entirely
-    ds.PatientName = ds.PatientID = pseudonym(sample_id)
+    ds = hd.SOPClass(study_instance_uid=derived_uid(sample_id, "study", data),
+                     series_instance_uid=derived_uid(sample_id, "series", data), series_number=1,
+                     sop_instance_uid=derived_uid(sample_id, "sop", data), sop_class_uid=sop_class,
+                     instance_number=1, modality=modality, manufacturer="medsoft-aug",
+                     transfer_syntax_uid=ExplicitVRLittleEndian, patient_id=alias, patient_name=f"SYNTHETIC^{alias}",
+                     series_description="medsoft-aug synthetic", software_versions=deid_version or "0")
+    for kw in ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime"):
+        if kw in ds:
+            delattr(ds, kw)
+    ds.FrameOfReferenceUID = derived_uid(sample_id, "frame-of-reference", data)
     for kw in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
                "AccessionNumber", "PositionReferenceIndicator"):
         setattr(ds, kw, "")
@@ -319,8 +364,7 @@ def _identity(ds, sample_id: str, data: bytes, deid_version: str) -> None:
     code.CodeMeaning = "Basic Application Confidentiality Profile"
     ds.DeidentificationMethodCodeSequence = Sequence([code])
     ds.LongitudinalTemporalInformationModified = "REMOVED"
-    ds.SeriesDescription = "medsoft-aug synthetic"
-    ds.Manufacturer = "medsoft-aug"
+    return ds
 
 
 def _ds(v: float) -> str:
