@@ -5,14 +5,16 @@ pydicom validates header values lazily, when an element is first accessed, and s
 with no handler configured, Python prints to stderr). A header value is patient data, so nothing of such a
 message may reach a log, a warning or an error. :func:`header_warnings` wraps a read (and every access to the
 dataset it returns that happens inside the block): it records the library's warnings and log records instead of
-letting them through, and logs one line per read naming the file and, for each warning, a *kind* taken from a
-fixed vocabulary (:data:`KINDS`), never from the message text; a message matching no kind is counted as "other".
+letting them through (ITK's C++ warnings, printed straight to stderr, are switched off meanwhile), and logs one
+line per read naming the file and, for each warning, a *kind* taken from a fixed vocabulary (:data:`KINDS`),
+never from the message text; a message matching no kind is counted as "other".
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import re
+import sys
 import warnings
 from collections import Counter
 from typing import Iterator
@@ -61,6 +63,17 @@ class _Collect(logging.Handler):
                 self.kinds["other"] += 1
 
 
+def _itk_warnings_off():
+    """ITK (SimpleITK's GDCM fallback) prints its warnings from C++ straight to stderr: off inside the block when
+    SimpleITK is in use; returns (module, previous setting) or None."""
+    sitk = sys.modules.get("SimpleITK")
+    if sitk is None:
+        return None
+    previous = bool(sitk.ProcessObject.GetGlobalWarningDisplay())
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    return sitk, previous
+
+
 @contextlib.contextmanager
 def header_warnings(name: str) -> Iterator[Counter]:
     """Capture library warnings and log records inside the block; log them once, by kind, without values.
@@ -79,6 +92,7 @@ def header_warnings(name: str) -> Iterator[Counter]:
         lg.handlers = [handler]
         lg.propagate = False
     kinds: Counter = Counter()
+    itk = _itk_warnings_off()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -92,6 +106,8 @@ def header_warnings(name: str) -> Iterator[Counter]:
     finally:
         for lg, propagate, handlers in saved:
             lg.handlers, lg.propagate = handlers, propagate
+        if itk is not None:
+            itk[0].ProcessObject.SetGlobalWarningDisplay(itk[1])
         if kinds:
             what = ", ".join(f"{k} (x{n})" if n > 1 else k for k, n in sorted(kinds.items()))
             log.warning("%s: %d header warning(s) while reading, values withheld: %s", name,
