@@ -61,6 +61,12 @@ def test_sd15_layout_loads_with_clip_bpe_and_pndm_scheduler():
     ddim = model.inference_scheduler()
     assert ddim.config.beta_schedule == "scaled_linear" and ddim.config.steps_offset == 1
     assert model.encode_prompt(TEXTS[:2]).shape == (2, 77, 32)
+    from safetensors.torch import load_file
+
+    on_disk = load_file(str(sd15_folder() / "text_encoder" / "model.safetensors"))   # hub names: text_model.*
+    assert all(k.startswith("text_model.") for k in on_disk)
+    loaded = model.text_encoder.state_dict()
+    assert all(torch.equal(loaded[k.removeprefix("text_model.")], v) for k, v in on_disk.items())
     assert [p.relative_to(sd15_folder()).as_posix() for p in model.weight_files] == [
         "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
         "text_encoder/model.safetensors"]
