@@ -13,6 +13,7 @@ Only structural attributes are read from headers (sizes, geometry, pixel descrip
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -39,16 +40,15 @@ def read_volume_sitk(path: str | Path, *, label_map: bool = False) -> ImageData:
     Raises:
         InputError: missing path, a folder without one DICOM series, a file SimpleITK cannot read, not 3D.
     """
-    import SimpleITK as sitk
-
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: not found")
     try:
-        if p.is_dir():
-            img, photometric = _read_series(sitk, p)
-        else:
-            img, photometric = sitk.ReadImage(str(p)), None
+        with _quiet_itk() as sitk:
+            if p.is_dir():
+                img, photometric = _read_series(sitk, p)
+            else:
+                img, photometric = sitk.ReadImage(str(p)), None
     except RuntimeError as e:
         raise InputError(f"{p.name}: SimpleITK cannot read it ({_itk_gist(e)})") from e
     if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
@@ -86,6 +86,20 @@ def decode_with_fallback(ds, path: Path) -> np.ndarray:
 
 
 # ---- internals ---------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _quiet_itk():
+    """SimpleITK with ITK's (and GDCM's) C++ warnings off inside the block: they print header values straight
+    to stderr. Yields the SimpleITK module."""
+    import SimpleITK as sitk
+
+    previous = bool(sitk.ProcessObject.GetGlobalWarningDisplay())
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield sitk
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
 def _read_series(sitk, folder: Path):
     """GDCM's series reader on the folder's only series (sorted by GDCM on position along the normal)."""
     ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
@@ -129,12 +143,11 @@ def _compressed(ds) -> bool:
 
 def _gdcm_stored(ds, path: Path) -> np.ndarray:
     """GDCM's decode of ``path``, back to stored values (GDCM applies RescaleSlope/Intercept itself)."""
-    import SimpleITK as sitk
-
     from .dicom_pixels import rescale
 
-    img = sitk.ReadImage(str(path), imageIO="GDCMImageIO")
-    arr = np.asarray(sitk.GetArrayFromImage(img), dtype=np.float64)
+    with _quiet_itk() as sitk:
+        img = sitk.ReadImage(str(path), imageIO="GDCMImageIO")
+        arr = np.asarray(sitk.GetArrayFromImage(img), dtype=np.float64)
     if arr.ndim == 4:                                   # colour: (frames, rows, cols, samples)
         raise InputError(f"{path.name}: colour pixel data decoded by GDCM is not supported")
     rows, cols, n = int(ds.Rows), int(ds.Columns), n_frames_of(ds)
