@@ -41,7 +41,48 @@ def learn_merges(corpus: list[str], n_merges: int) -> list[tuple[str, str]]:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), end_of_word_suffix="</w>")
     tok.train_from_iterator(list(corpus), trainer)
     merges = json.loads(tok.to_str())["model"]["merges"]
-    return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges][:n_merges]
+    learned = {tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges}
+    return _deterministic_order(tok, corpus, learned)[:n_merges]
+
+
+def _deterministic_order(tok, corpus: list[str], learned: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``learned`` in greedy BPE order (most frequent pair first), ties broken by the pair's text.
+
+    Written here because BpeTrainer breaks count ties in hash-map order: the same corpus gave two different
+    merge orders (the same set) in ten runs, which changes the vocabulary's ids and so every model built on it.
+    Words come from the same normalizer and pre-tokenizer as the trainer's."""
+    from collections import Counter
+
+    counts: Counter = Counter()
+    for text in corpus:
+        for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text)):
+            counts[(*word[:-1], word[-1] + "</w>")] += 1
+    words = dict(counts)
+    order: list[tuple[str, str]] = []
+    while True:
+        pairs: Counter = Counter()
+        for w, n in words.items():
+            for pair in zip(w, w[1:]):
+                if pair in learned:
+                    pairs[pair] += n
+        if not pairs:
+            return order
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        order.append(best)
+        learned = learned - {best}
+        words = {_merge(w, best): n for w, n in words.items()}
+
+
+def _merge(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    out, i = [], 0
+    while i < len(word):
+        if word[i:i + 2] == pair:
+            out.append(word[i] + word[i + 1])
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return tuple(out)
 
 
 def clip_bpe(corpus: list[str], n_merges: int):
