@@ -352,6 +352,11 @@ def test_cli_train_and_balance_on_real_layouts(work, tmp_path, base):
     assert res.exit_code == 0, res.stderr + res.stdout
     rows = (out / "manifest.csv").read_text().splitlines()
     assert len(rows) > 1
+    if base is sd15_folder:                                   # a moved encoder: refused before the base loads
+        meta["encoder"]["ref"] = str(tmp_path / "moved")
+        (model_dir / "medsoft_model.json").write_text(json.dumps(meta))
+        res = _cli("balance", work, "--model", model_dir, "--out", tmp_path / "OUT2", "--steps", 2, "--device", "cpu")
+        assert res.exit_code == 3 and "moved" in res.stderr, res.stderr
 
 
 @pytest.mark.parametrize("folder,words", [(inpaint_folder, "inpainting"), (sdxl_folder, "SDXL")])

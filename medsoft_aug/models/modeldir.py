@@ -247,6 +247,12 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu", dtype: 
     path = Path(path)
     meta = read_meta(path)
     base_meta = meta["base_model"]
+    from .base import check_base_model
+    from .encoders import check_encoder
+
+    check_base_model(base_model or base_meta["ref"])          # configs only, both: a wrong or moved model fails
+    if not meta["no_msc"]:                                    # in seconds, before the base's weights are read
+        check_encoder(encoder or meta["encoder"]["ref"])
     base = load_base_model(base_model or base_meta["ref"], device=device, dtype=dtype)
     _check_ref("base", base_meta, base.ref, base.sha256)
     files = meta["files"]
