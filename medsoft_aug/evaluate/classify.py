@@ -189,12 +189,11 @@ class ClassifyOptions:
         for n in list(frames)[1:]:
             same_real_rows(frames[first], splits[first], frames[n], splits[n], (first, n), self.manifests)
         df0, s0 = frames[first], splits[first]
-        rows = s0.train + s0.test + [i for n in frames for i in splits[n].synthetic]
         labels = set(df0.loc[s0.train + s0.test, "label"])
         labels |= {lab for n in frames for lab in frames[n].loc[splits[n].synthetic, "label"]}
         if len(labels) < 2:
             raise InputError(f"need at least 2 classes, found {sorted(labels)}")
-        return Inputs(frames, splits, sorted(labels), self._normal_class(sorted(labels)), len(rows))
+        return Inputs(frames, splits, sorted(labels), self._normal_class(sorted(labels)))
 
     def _normal_class(self, classes: list[str]) -> str:
         given = self.normal_class
@@ -216,7 +215,6 @@ class Inputs:
     splits: dict[str, Splits]
     class_names: list[str]
     normal_class: str
-    n_images: int
 
     @property
     def minority(self) -> list[int]:
