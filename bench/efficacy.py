@@ -134,13 +134,45 @@ def run_protocol(a: argparse.Namespace, lap) -> tuple[dict, dict, dict]:
     lap("classify", t)
     quality = {}
     for name in ([] if a.skip_quality else a.variants):
-        t = time.time()
-        q = api.evaluate_quality(work, models[name], out / f"quality_{balanced[name]['out'].name}", steps=a.steps,
-                                 seed=a.seed, device=a.device, balance_out=balanced[name]["out"])
-        quality[name] = {k: q.summary.get(k) for k in ("n_samples", "psnr", "psnr_mask", "ssim", "ssim_mask",
-                                                       "fid", "fid_features", "background")}
+        t, qout = time.time(), out / f"quality_{balanced[name]['out'].name}"
+        if (qout / "quality.json").is_file():          # a finished run of the same variant and options
+            q = json.loads((qout / "quality.json").read_text())
+        else:
+            q = api.evaluate_quality(work, models[name], qout, steps=a.steps, seed=a.seed, device=a.device,
+                                     balance_out=balanced[name]["out"]).summary
+        quality[name] = {k: q.get(k) for k in ("n_samples", "mask_mode", "psnr", "psnr_mask", "ssim", "ssim_mask",
+                                               "fid", "fid_features", "background")}
         lap(f"quality {name}", t)
     return balanced, cres, quality
+
+
+def lesion_evidence(balance_out: Path) -> dict:
+    """Per class: how the synthetic lesions moved inside the mask they were made with, against the donor and
+    toward the mean of the class's real training lesions (``generate.evidence``)."""
+    import numpy as np
+    import pandas as pd
+
+    from medsoft_aug.evaluate.data import load_image
+    from medsoft_aug.generate.evidence import masked_mean, sample_evidence, summarize
+
+    man = pd.read_csv(balance_out / "manifest.csv", dtype=str, keep_default_na=False)
+    by_id = man.set_index("sample_id")
+    real = man[(man["origin"] == "real") & (man["split"] == "train") & (man["mask"] != "")]
+    ref = {lab: float(np.nanmean([masked_mean(load_image(balance_out / r["image"]),
+                                              np.load(balance_out / r["mask"])) for _, r in g.iterrows()]))
+           for lab, g in real.groupby("label")}
+    rows = []
+    for _, r in man[man["origin"] == "synthetic"].iterrows():
+        ev = sample_evidence(load_image(balance_out / by_id.at[r["donor_id"], "image"]),
+                             load_image(balance_out / r["image"]), np.load(balance_out / r["mask"]),
+                             reference_mean=ref.get(r["label"]))
+        rows.append({"label": r["label"], **ev})
+    out = summarize(rows)
+    for lab, c in out.items():
+        c["real_lesion_mean"] = ref.get(lab)
+        c["synthetic_mean"] = float(np.mean([r["synthetic_mean"] for r in rows if r["label"] == lab]))
+        c["donor_mean"] = float(np.mean([r["donor_mean"] for r in rows if r["label"] == lab]))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
     balanced, cres, quality = run_protocol(a, lap)
     info, first = cres.info, balanced[a.variants[0]]
+    evidence = {n: lesion_evidence(b["out"]) for n, b in balanced.items()}
     summary = {
         "command": "python bench/efficacy.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "preset": "quick" if a.quick else "full",
@@ -169,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         "counts_after": {n: b.get("counts_after") for n, b in balanced.items()},
         "n_test": info["n_test"], "test_class_counts": info["test_class_counts"],
         "n_real_train": info["n_real_train"], "metrics": cres.metrics, "comparisons": info["comparisons"],
-        "paired_test": info["paired_test"], "quality": quality, "timings_s": times,
+        "paired_test": info["paired_test"], "quality": quality, "lesion_evidence": evidence, "timings_s": times,
         "total_s": round(time.time() - t_all, 1),
     }
     (a.out / "efficacy.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
@@ -187,6 +220,13 @@ def main(argv: list[str] | None = None) -> int:
               f"(inside mask {_cell(q['psnr_mask'])}), SSIM {_cell(q['ssim'])} (inside mask "
               f"{_cell(q['ssim_mask'])}); background identical to the donor in "
               f"{q['background']['n_identical_outside_mask']}/{q['background']['n']} synthetic images.")
+    print("\nSynthetic lesions per class (mean intensity inside the mask used; donor -> synthetic, real lesions "
+          "of the class; k of n moved toward the class's real mean):")
+    for name, ev in evidence.items():
+        for lab, c in ev.items():
+            print(f"  {name} {lab}: donor {c['donor_mean']:.3f} -> synthetic {c['synthetic_mean']:.3f} "
+                  f"(real {lab} lesions {c['real_lesion_mean']:.3f}); {c['text']}; "
+                  f"contrast {c['mean_contrast']:+.3f}")
     print(f"\nReport: {a.out / 'report' / 'summary.md'}; total {summary['total_s']} s.")
     return 0
 

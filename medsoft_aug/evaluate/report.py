@@ -174,8 +174,8 @@ def _quality_sheet(quality_out: Path, q: dict, report_dir: Path, n: int = 8) -> 
 
 # ------------------------------------------------------------------------------------------------ contact sheets
 def contact_sheets(manifests: Mapping[str, Path], report_dir: Path, per_class: int = 4) -> tuple[list[Path], list[str]]:
-    """One sheet per generated method (manifest): rows of donor | mask (overlay) | synthetic, the first
-    ``per_class`` synthetic rows of each class by sample_id."""
+    """One sheet per generated method (manifest): rows of donor | mask (overlay) | synthetic, zoomed on the mask,
+    the first ``per_class`` synthetic rows of each class by sample_id."""
     files, md = [], ["## Synthetic samples per method (donor | mask | synthetic)", ""]
     for name, manifest in manifests.items():
         path = report_dir / f"contact_{_slug(name)}.png"
@@ -203,15 +203,30 @@ def _method_sheet(manifest: Path, path: Path, name: str, per_class: int) -> bool
             mask = np.clip(np.load(mpath, allow_pickle=False).astype(np.float32), 0, 1) \
                 if mpath is not None and mpath.is_file() else None
             base = donor if donor is not None else synth
-            ok = mask is not None and mask.shape == base.shape
-            rows.append([donor, base if ok else None, synth])
-            overlays.append([None, mask if ok else None, None])
+            ok = mask is not None and mask.shape == base.shape and (donor is None or donor.shape == synth.shape)
+            box = _zoom_box(mask) if ok else (slice(None), slice(None))
+            crop = lambda a: None if a is None else a[box]  # noqa: E731
+            rows.append([crop(donor), crop(base) if ok else None, crop(synth)])
+            overlays.append([None, crop(mask) if ok else None, None])
             labels.append(f"{label}\n{r['sample_id']}")
     if not rows:
         return False
     contact_sheet(rows, path, row_labels=labels, col_labels=[f"donor ({name})", "mask", "synthetic"],
                   overlays=overlays, cell_size=(128, 128))
     return True
+
+
+def _zoom_box(mask: np.ndarray, margin: float = 1.0) -> tuple[slice, slice]:
+    """A square window on the mask's bounding box (M_b > 0.05) widened by ``margin`` x its size on each side,
+    so the lesion fills a good part of the cell; the whole image for an empty mask."""
+    rows, cols = np.nonzero(mask > 0.05)
+    if rows.size == 0:
+        return slice(None), slice(None)
+    h, w = mask.shape
+    cy, cx = (rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2
+    half = max(rows.max() - rows.min(), cols.max() - cols.min(), 8) * (0.5 + margin)
+    y0, x0 = int(max(0, cy - half)), int(max(0, cx - half))
+    return slice(y0, int(min(h, cy + half + 1))), slice(x0, int(min(w, cx + half + 1)))
 
 
 def evaluate_report(out: str | Path, classify_out: Optional[str | Path] = None,
