@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from medsoft_aug.generate.engine import InpaintEngine, SamplingOptions, composite, to_model_grid
+from medsoft_aug.generate.engine import InpaintEngine, SamplingOptions
 
 from _balance_helpers import MSC_DIM, TEXT_DIM, one_thread, tiny_unet_vae
 
@@ -88,20 +88,6 @@ def test_blend_limits_match_the_vae_and_ignore_the_donor_under_a_full_mask(engin
     o1 = engine.denoise(x0, ones, text, unc, e, [1, 2], opts)
     o2 = engine.denoise(torch.rand_like(x0), ones, text, unc, e, [1, 2], opts)
     torch.testing.assert_close(o1, o2, atol=1e-6, rtol=0)
-
-
-def test_composite_matches_formula_on_random_inputs():
-    rng = np.random.default_rng(6)
-    x0, dec, m = (rng.uniform(0, 1, (9, 13)).astype(np.float32) for _ in range(3))
-    np.testing.assert_allclose(composite(x0, dec, m), x0 * (1 - m) + dec * m, atol=1e-7)
-
-
-def test_resize_to_model_grid_preserves_mean():
-    rng = np.random.default_rng(7)
-    a = rng.uniform(0, 1, (128, 96)).astype(np.float32)
-    t = to_model_grid(a, 64)
-    assert t.shape == (1, 1, 64, 64)
-    assert abs(float(t.mean()) - float(a.mean())) < 2e-3
 
 
 def test_blend_source_option(engine):

@@ -7,7 +7,8 @@ import torch
 
 from _train_helpers import make_work
 from medsoft_aug.errors import InputError
-from medsoft_aug.geometry import resize_pair
+from medsoft_aug.fsutil import load_npy
+from medsoft_aug.geometry import GridMapping
 from medsoft_aug.train.data import SliceDataset, collate, vae_input
 
 
@@ -35,12 +36,24 @@ def test_mask_resize_is_area_average_and_hard_mode_thresholds(tmp_path):
     rng = np.random.default_rng(4)
     img = rng.random((48, 48), dtype=np.float32)
     mask = rng.random((48, 48), dtype=np.float32)
-    _, m = resize_pair(img, mask, 16)
+    m = GridMapping(16, mode="pad").to_model(img, mask).mask
     np.testing.assert_allclose(m[0].numpy(), block_reduce(mask, (3, 3), np.mean), rtol=1e-6, atol=1e-7)
     work = make_work(tmp_path / "w", n_per_class=2, size=48)
     soft = SliceDataset(work, "train", resolution=16)[1]["soft_mask"]
     hard = SliceDataset(work, "train", resolution=16, mask_mode="hard")[1]["soft_mask"]
     assert torch.equal(hard, (soft >= 0.5).float()) and 0 < hard.sum() < hard.numel()
+
+
+def test_items_go_through_the_generation_mapping(tmp_path):
+    work = make_work(tmp_path / "w", n_per_class=2, size=48)
+    for mapping in (GridMapping(16), GridMapping(16, mode="pad"), GridMapping(16, margin=1.0)):
+        ds = SliceDataset(work, "train", resolution=16, mapping=mapping)
+        for i in range(len(ds)):
+            sid = ds.sample_ids[i]
+            view = mapping.to_model(load_npy(work / "slices" / f"{sid}.npy"), load_npy(work / "masks" / f"{sid}.npy"))
+            assert torch.equal(ds[i]["image"], view.image) and torch.equal(ds[i]["soft_mask"], view.mask)
+    with pytest.raises(InputError, match="mapping resolution"):
+        SliceDataset(work, "train", resolution=24, mapping=GridMapping(16))
 
 
 def test_bad_work_is_input_error(tmp_path):

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import Blend, JsonOpt, OutputFormat, PromptMode, WorkArg, value
+from .options import Blend, Geometry, JsonOpt, OutputFormat, PromptMode, WorkArg, value
 from .output import guarded, print_json, progress_reporter, torch_threads
 
 
@@ -66,6 +66,16 @@ def balance_command(
     base_model: Annotated[Optional[str], typer.Option(
         "--base-model", help="Use this base model (diffusers folder or hub id) instead of the one recorded in "
         "MODEL_DIR, e.g. the same SD1.5 moved elsewhere; it must hash to the recorded sha256.")] = None,
+    geometry: Annotated[Optional[Geometry], typer.Option(
+        "--geometry", help="Native-to-model grid mapping: crop (a square around the soft mask) or pad (the "
+        "whole slice padded to a square). Default: the one MODEL_DIR was trained with (a warning if "
+        "different).")] = None,
+    crop_margin: Annotated[Optional[float], typer.Option(
+        "--crop-margin", help="Context around the mask's bounding box on each side, as a fraction of its longer "
+        "side (crop only). Default: the trained one.")] = None,
+    resolution: Annotated[Optional[int], typer.Option(
+        "--resolution", help="Model resolution in pixels. Default: the trained one (a warning if "
+        "different).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Balance every disease class by inpainting lesions into normal training images (Eq. 7-8)."""
@@ -79,6 +89,7 @@ def balance_command(
                       batch_size=batch_size, device=device, output_format=value(output_format), shard=shard,
                       dry_run=dry_run, force=force, normal_class=normal_class, images_root=images,
                       base_model=base_model, blend=value(blend), max_synthetic=max_synthetic,
+                      geometry=value(geometry), crop_margin=crop_margin, resolution=resolution,
                       on_progress=on_progress)
     if json_out or dry_run:
         print_json(res)

@@ -77,6 +77,11 @@ class Blend(str, Enum):
     donor = "donor"
 
 
+class Geometry(str, Enum):
+    crop = "crop"
+    pad = "pad"
+
+
 def value(choice: Optional[Enum]) -> Optional[str]:
     """The plain string of an Enum choice (None stays None)."""
     return None if choice is None else str(choice.value)

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import JsonOpt, MaskMode, MixedPrecision, TrainDevice, TrainStage, TrainUnet, WorkArg, value
+from .options import Geometry, JsonOpt, MaskMode, MixedPrecision, TrainDevice, TrainStage, TrainUnet, WorkArg, value
 from .output import guarded, print_json, progress_reporter, torch_threads
 
 
@@ -39,6 +39,13 @@ def register(app: typer.Typer) -> None:
                               ] = TrainUnet.none,
         resolution: Annotated[Optional[int], typer.Option("--resolution", help="Training resolution in pixels "
                                                           "(default: the base model's, 512 for SD1.5).")] = None,
+        geometry: Annotated[Geometry, typer.Option("--geometry", help="Native-to-model grid mapping: crop (a "
+                                                   "square around the soft mask, resized; no distortion) or pad "
+                                                   "(the whole slice padded to a square). Recorded in MODEL_DIR; "
+                                                   "balance uses it.")] = Geometry.crop,
+        crop_margin: Annotated[float, typer.Option("--crop-margin", help="Context around the mask's bounding "
+                                                   "box on each side, as a fraction of its longer side (crop "
+                                                   "only).")] = 0.25,
         batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per process per "
                                                 "micro-batch.")] = 4,
         grad_accum: Annotated[int, typer.Option("--grad-accum", help="Gradient accumulation steps.")] = 1,
@@ -65,7 +72,8 @@ def register(app: typer.Typer) -> None:
         with progress_reporter() as on_progress, torch_threads():
             res = train(work, out, stage=value(stage), max_steps=max_steps, msc_steps=msc_steps,
                         base_model=base_model, encoder=encoder, gamma=gamma, train_unet=value(train_unet),
-                        no_msc=no_msc, mask_mode=value(mask_mode), resolution=resolution, batch_size=batch_size,
+                        no_msc=no_msc, mask_mode=value(mask_mode), resolution=resolution, geometry=value(geometry),
+                        crop_margin=crop_margin, batch_size=batch_size,
                         grad_accum=grad_accum, mixed_precision=value(mixed_precision),
                         gradient_checkpointing=gradient_checkpointing, checkpoint_every=checkpoint_every,
                         checkpoints_keep=checkpoints_keep, resume=resume, seed=seed,

@@ -62,13 +62,14 @@ def select_test_lesions(work: Path, normal_class: Optional[str] = None,
 
 
 def model_inpainter(model: Path, device: str, batch_size: int, steps: int, guidance: float,
-                    trained: Any = None) -> tuple[Inpainter, Any, str]:
-    """The balance engine (``generate.runner.Generator.inpaint``) as one function call; also returns the loaded
-    TrainedModel (for its encoder) and the device it runs on."""
+                    trained: Any = None) -> tuple[Inpainter, Any, str, dict[str, Any]]:
+    """The balance engine (``generate.runner.Generator.inpaint``, with the grid mapping the model was trained
+    with) as one function call; also returns the loaded TrainedModel (for its encoder), the device it runs on
+    and the mapping (``geometry.GridMapping.to_dict``)."""
     from ..generate.runner import Generator
 
     gen = Generator(model, device=device, batch_size=batch_size, steps=steps, guidance=guidance, trained=trained)
-    return gen.inpaint, gen.trained, str(gen.device)
+    return gen.inpaint, gen.trained, str(gen.device), gen.mapping.to_dict()
 
 
 def fid_block(real: list[np.ndarray], fake: list[np.ndarray], inception_weights: Optional[Path], encoder: Any,
@@ -176,7 +177,7 @@ def evaluate_quality(work: str | Path, model: str | Path, out: str | Path, *,
         raise InputError(f"{balance_out} has no manifest.csv: not a `medsoft-aug balance` output folder")
     rows = select_test_lesions(work, normal_class, limit)
     t0 = time.time()
-    inpaint, tm, dev = model_inpainter(Path(model), device, batch_size, steps, guidance, trained)
+    inpaint, tm, dev, geometry = model_inpainter(Path(model), device, batch_size, steps, guidance, trained)
     ncls = normal_class_of(work, normal_class)
     mask_mode = str(tm.meta.get("mask_mode", "soft"))
     created = not out.exists()
@@ -207,6 +208,7 @@ def evaluate_quality(work: str | Path, model: str | Path, out: str | Path, *,
         summary: dict[str, Any] = {
             "tool": "medsoft-aug evaluate quality", "version": __version__, "work": str(work), "model": str(model),
             "n_samples": len(samples), "steps": steps, "guidance": guidance, "seed": seed, "mask_mode": mask_mode,
+            "geometry": geometry,
             **{k: M.mean_std(samples[k].replace([np.inf], np.nan).dropna().tolist())
                for k in ("psnr", "psnr_mask", "ssim", "ssim_mask")},
             "n_identical": int(np.isinf(samples["psnr"]).sum()),

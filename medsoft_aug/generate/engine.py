@@ -6,7 +6,8 @@ batch has its own soft mask, prompt embedding, e_MSC and seed, so mixed batches 
 
 Per sample ``b`` (shapes for one row; ``R`` = model resolution, ``h = w = R / f`` the latent size):
 
-1. ``x0`` (H, W) in [0,1] and ``M_b`` (H, W) in [0,1] at the donor's native grid; resized to (R, R).
+1. ``x0`` (H, W) in [0,1] and ``M_b`` (H, W) in [0,1] at the donor's native grid, mapped to (R, R) through a
+   square window of the native grid (``geometry.GridMapping``: a crop around the mask, or the padded slice).
 2. ``z_m = VAE(I_m)``, ``I_m = x0 * (1 - M_b)`` (Eq. 2), latent mean times the VAE scaling factor: (4, h, w).
    (``blend="donor"``: ``z_m = VAE(x0)`` instead - see :class:`SamplingOptions`.)
 3. ``m_b`` = ``M_b`` area-downsampled to (h, w).
@@ -15,8 +16,9 @@ Per sample ``b`` (shapes for one row; ``R`` = model resolution, ``h = w = R / f`
 5. For each DDIM step t: classifier-free guidance over a 2B batch (uncond = empty-text embedding + zero e_MSC),
    ``p_{t-1}`` = DDIM step (Eq. 8), then ``z_{t-1} = p_{t-1} * m_b + z_{m,t-1} * (1 - m_b)`` (Eq. 7) with
    ``z_{m,t-1}`` = ``z_m`` noised with ``eps`` to the level of the next timestep (clean ``z_m`` after the last).
-6. Decode, to grayscale [0,1], resize back to (H, W), and composite in pixel space:
-   ``out = x0 * (1 - M_b) + decoded * M_b``: pixels where ``M_b == 0`` are exactly the donor's.
+6. Decode, to grayscale [0,1], map back through the same window, and composite in pixel space at the native
+   grid: ``out = x0 * (1 - M_b) + decoded * M_b``: pixels where ``M_b == 0`` or outside the window are exactly
+   the donor's.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..geometry import GridMapping, View
 from ..masks.soften import apply_mask_mode
 
 log = logging.getLogger("medsoft_aug.generate.engine")
@@ -78,31 +81,6 @@ def unet_conditioning(unet, text_emb: torch.Tensor, e_msc: Optional[torch.Tensor
 
 def vae_scale_factor(vae) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
-def to_model_grid(arr: np.ndarray, resolution: int) -> torch.Tensor:
-    """(H, W) float array -> (1, 1, R, R) float32 tensor, bilinear with antialiasing (no-op at the same size)."""
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
-    if t.shape[-2:] == (resolution, resolution):
-        return t
-    return F.interpolate(t, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
-
-
-def to_native_grid(img: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
-    """(1, 1, R, R) tensor -> (H, W) float32 array (bilinear, antialiased when shrinking)."""
-    img = img.float()
-    if tuple(img.shape[-2:]) != tuple(shape):
-        img = F.interpolate(img, size=tuple(shape), mode="bilinear", antialias=True, align_corners=False)
-    return img[0, 0].cpu().numpy().astype(np.float32)
-
-
-def composite(x0: np.ndarray, decoded: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Pixel-space soft blend ``x0 * (1 - M_b) + decoded * M_b``: exactly ``x0`` where ``M_b == 0``."""
-    x0 = x0.astype(np.float32)
-    m = mask.astype(np.float32)
-    dec = np.nan_to_num(decoded.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    out = x0 * (1.0 - m) + dec * m
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 class InpaintEngine:
@@ -210,27 +188,30 @@ class InpaintEngine:
 
     def inpaint(self, donors: Sequence[np.ndarray], masks: Sequence[np.ndarray], text_emb: torch.Tensor,
                 uncond_emb: torch.Tensor, e_msc: Optional[torch.Tensor], seeds: Sequence[int],
-                opts: Optional[SamplingOptions] = None,
-                model_grid: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                opts: Optional[SamplingOptions] = None, mapping: Optional[GridMapping] = None,
+                views: Optional[Sequence[View]] = None,
                 on_step: Optional[Callable[[int, int], None]] = None) -> list[np.ndarray]:
         """Inpaint donors at their native grids.
 
         Args:
             donors: B arrays (H_b, W_b) float in [0, 1]. masks: B soft masks of the same shapes.
             text_emb (B, L, C), uncond_emb (1, L, C), e_msc (B, D) or None, seeds: as in :meth:`denoise`.
-            model_grid: donors and masks already resized to (B, 1, R, R) (e.g. with the training resize);
-                default: bilinear antialiased resize of both. on_step: as in :meth:`denoise`.
+            mapping: the native <-> model grid mapping (default: ``GridMapping(R)``, a crop around the mask).
+            views: the donors already on the model grid through ``mapping`` (e.g. to compute e_MSC from them).
+            on_step: as in :meth:`denoise`.
         Returns:
-            B float32 arrays (H_b, W_b) in [0, 1]: ``x0 * (1 - M_b) + decoded * M_b``.
+            B float32 arrays (H_b, W_b) in [0, 1]: ``x0 * (1 - M_b) + decoded * M_b`` inside each window, the
+            donor's pixels elsewhere.
         """
         opts = opts or SamplingOptions()
+        mapping = mapping or GridMapping(self.resolution)
+        if mapping.resolution != self.resolution:
+            raise ValueError(f"mapping resolution {mapping.resolution} differs from the engine's {self.resolution}")
         for d, m in zip(donors, masks):
             if d.shape != m.shape:
                 raise ValueError(f"image shape {d.shape} and mask shape {m.shape} differ")
-        if model_grid is not None:
-            x0, mk = model_grid
-        else:
-            x0 = torch.cat([to_model_grid(d, self.resolution) for d in donors]).clamp(0, 1)
-            mk = torch.cat([to_model_grid(m, self.resolution) for m in masks]).clamp(0, 1)
+        views = list(views) if views is not None else [mapping.to_model(d, m) for d, m in zip(donors, masks)]
+        x0 = torch.stack([v.image for v in views])                                      # (B, 1, R, R)
+        mk = torch.stack([v.mask for v in views])                                       # (B, 1, R, R)
         dec = self.denoise(x0, mk, text_emb, uncond_emb, e_msc, seeds, opts, on_step)
-        return [composite(d, to_native_grid(dec[i:i + 1], d.shape), m) for i, (d, m) in enumerate(zip(donors, masks))]
+        return [mapping.composite(d, m, dec[i], v.window) for i, (d, m, v) in enumerate(zip(donors, masks, views))]

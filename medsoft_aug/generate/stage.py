@@ -4,7 +4,8 @@ OUT layout::
 
     manifest.csv                      real rows (all splits) + synthetic rows (manifest.MANIFEST_COLUMNS)
     datalist.json                     the manifest's rows as a MONAI datalist (manifest.write_datalist)
-    balance.json                      run record: fingerprint, options, counts before/after, timings, images/s
+    balance.json                      run record: fingerprint, options (with ``geometry``: the grid mapping
+                                      used), counts before/after, timings, images/s
     real/{sample_id}.png              the real normalized slice (16-bit PNG of WORK/slices, [0,1] -> 0..65535)
     real/{sample_id}_mask.npy         its soft mask (when masks.csv has one)
     synthetic/{class}/{id}.png|.nii.gz|.dcm   the synthetic image (--output-format)
@@ -12,8 +13,10 @@ OUT layout::
                                       model), float32 (H, W) in [0,1]
     synthetic/{class}/{id}_seg.dcm    (dicom) that mask as a DICOM Segmentation, FRACTIONAL, referencing {id}.dcm
 
-Real rows reference copies inside OUT (not WORK) so that OUT is a self-contained dataset. With ``--shard K/N``
-only shard 1 writes the real rows; ``manifest merge`` joins the shards.
+Data flows one way: WORK is read through ``workdir``, ``runner.Generator`` turns donor arrays into synthetic
+arrays (through the grid mapping MODEL_DIR was trained with, ``geometry``), and this module writes them through
+``writers``. Real rows reference copies inside OUT (not WORK) so that OUT is a self-contained dataset. With
+``--shard K/N`` only shard 1 writes the real rows; ``manifest merge`` joins the shards.
 
 Resume: while the run goes, finished samples are appended to the resume ledger ``OUT/.ledger.jsonl``
 (``manifest.Ledger``: one row per line, fsync'd after each batch, O(batch) per batch); it lists only samples whose
@@ -45,6 +48,7 @@ import pandas as pd
 
 from ..errors import FailureList, InputError, ModelError, PartialFailure, UsageError
 from ..fsutil import atomic_path, atomic_save_npy, atomic_write_json, load_npy, sha256_file
+from ..geometry import MODES, GridMapping, mapping_for_model
 from ..locks import LOCK_FILES, folder_lock
 from ..manifest import (LEDGER_FILE, MANIFEST_COLUMNS, Ledger, datalist_path, read_manifest, write_datalist,
                         write_manifest)
@@ -85,53 +89,47 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
             output_format: str = "png", shard: Optional[str] = None, dry_run: bool = False, force: bool = False,
             normal_class: Optional[str] = None, images_root: Optional[str | Path] = None,
             base_model: Optional[str] = None, blend: str = "masked", max_synthetic: Optional[int] = None,
+            geometry: Optional[str] = None, crop_margin: Optional[float] = None, resolution: Optional[int] = None,
             on_progress: ProgressFn = None) -> dict[str, Any]:
     """Balance every disease class of WORK's train split to ``target_ratio`` x normal by soft-mask inpainting.
 
     Returns a JSON-ready summary (``dry_run``: the plan only). Raises UsageError, InputError / ModelError (bad
     WORK, model or OUT; nothing written), PartialFailure (some samples failed; the rest written and listed).
-    ``base_model`` overrides MODEL_DIR's base (same hash); ``blend``: Eq. 7's latent outside the mask,
-    ``masked`` = VAE(I_m) (paper) or ``donor`` = VAE(x0); ``max_synthetic``: see plan.py."""
+    ``base_model`` overrides MODEL_DIR's base (same hash), ``geometry`` / ``crop_margin`` / ``resolution`` its grid
+    mapping (warned); ``blend``: Eq. 7's latent outside the mask, ``masked`` = VAE(I_m) or ``donor`` = VAE(x0)."""
     # 1. Options, WORK and the plan (a dry run stops here: no model loaded, nothing written).
     work = Path(work)
-    _check_options(output_format, blend, steps, batch_size, guidance, eta)
+    _check_options(output_format, blend, steps, batch_size, guidance, eta, geometry, crop_margin, resolution)
     (k, n), (index, masks) = parse_shard(shard), check_work(work)
-    plan = plan_balance(index, masks, normal_class=(ncls := normal_class_of(work, normal_class)),
-                        ratio=target_ratio, classes=classes,
-                        prompts=load_prompts(prompts), prompt_mode=prompt_mode, seed=seed,
+    plan = plan_balance(index, masks, normal_class=(ncls := normal_class_of(work, normal_class)), ratio=target_ratio,
+                        classes=classes, prompts=load_prompts(prompts), prompt_mode=prompt_mode, seed=seed,
                         max_synthetic=max_synthetic, output_format=output_format)
     items = list(plan.iter_items(k, n))
     if dry_run:
         return {"dry_run": True, "shard": f"{k}/{n}", "n_in_shard": len(items), **plan.to_dict()}
-    # 2. MODEL_DIR, OUT and the source images a DICOM output needs.
+    # 2. MODEL_DIR (with its grid mapping), OUT and the source images a DICOM output needs.
     model_dir, out, fmt_root = _check_targets(work, model, out, output_format, images_root)
-    model_sha, warnings = model_dir_sha256(model_dir), _work_warnings(model_dir, work)
-    # One run per OUT (a second is refused, exit 3); temporary files are cleaned only under the lock.
-    created = not out.exists()
-    with folder_lock(out, "balance", what="--out"):
+    model_sha, warnings, created = model_dir_sha256(model_dir), _work_warnings(model_dir, work), not out.exists()
+    with folder_lock(out, "balance", what="--out"):         # one run per OUT (a second: exit 3); cleaning under it
         # 3. The run's fingerprint, and what a previous run with the same one already wrote.
-        opts = {"target_ratio": float(target_ratio), "classes": list(classes or []),
-                "prompts": str(prompts or ""), "prompt_mode": prompt_mode, "seed": int(seed),
-                "steps": int(steps), "guidance": float(guidance), "eta": float(eta), "blend": blend,
-                "output_format": output_format, "shard": f"{k}/{n}", "normal_class": ncls}
+        opts = {"target_ratio": float(target_ratio), "classes": list(classes or []), "prompts": str(prompts or ""),
+                "prompt_mode": prompt_mode, "seed": int(seed), "steps": int(steps), "guidance": float(guidance),
+                "eta": float(eta), "blend": blend, "output_format": output_format, "shard": f"{k}/{n}",
+                "normal_class": ncls, "geometry": _mapping(model_dir, geometry, crop_margin, resolution).to_dict()}
         fingerprint = {**opts, "model_sha256": model_sha, "plan_sha256": _plan_sha256(items)}
         consts = {"model": model_dir.name, "model_sha256": model_sha, "steps": str(int(steps)),
                   "guidance": repr(float(guidance)), "eta": repr(float(eta)), "format": output_format}
-        prev = _previous_run(out, fingerprint, force)
-        rows = {} if force else _verified_rows(out, prev)
-        real_ids = list(index["sample_id"]) if k == 1 else []
-        todo = [it for it in items if not _done(rows.get(it.sample_id), it, consts)]
-        real_todo = [s for s in real_ids if s not in rows]
+        prev, rows, real_ids, todo, real_todo = _resume_state(out, fingerprint, force, items, index, k, consts)
         if not todo and not real_todo and prev.get("status") == "complete" \
                 and (out / "manifest.csv").is_file():
             return _summary(plan, items, prev, out, generated=0, skipped=len(items), failures=[])
         # 4. Load the model before creating anything: a bad model writes nothing (no torch before).
         t0 = time.time()
         gen, load_s = _load_generator(todo, model_dir, device=device, batch_size=batch_size, steps=steps,
-                                      guidance=guidance, eta=eta, base_model=base_model, blend=blend)
+                                      guidance=guidance, eta=eta, base_model=base_model, blend=blend,
+                                      mapping=opts["geometry"])
         # 5. Real rows, then synthetic samples batch by batch (each batch appended to the resume ledger).
         job = _Job(work, index, masks, out, output_format, fmt_root, consts, on_progress, created=created)
-        rows = {s: r for s, r in rows.items() if s in {it.sample_id for it in items} | set(real_ids)}
         generated, gen_s, failures = _write_outputs(job, gen, fingerprint, rows, todo, real_todo,
                                                     force or not prev)
         # 6. The run record, then manifest.csv (written once, last: it means the run has finished), summary.
@@ -147,21 +145,49 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------
+def _resume_state(out: Path, fingerprint: dict, force: bool, items: list[PlanItem], index: pd.DataFrame, k: int,
+                  consts: dict[str, str]) -> tuple[dict, dict[str, dict], list[str], list[PlanItem], list[str]]:
+    """(previous balance.json, its verified rows still in this plan, real ids of this shard, synthetic items
+    left to do, real ids left to copy)."""
+    prev = _previous_run(out, fingerprint, force)
+    rows = {} if force else _verified_rows(out, prev)
+    real_ids = list(index["sample_id"]) if k == 1 else []
+    keep = {it.sample_id for it in items} | set(real_ids)
+    rows = {s: r for s, r in rows.items() if s in keep}
+    todo = [it for it in items if not _done(rows.get(it.sample_id), it, consts)]
+    return prev, rows, real_ids, todo, [s for s in real_ids if s not in rows]
+
+
 def _load_generator(todo: list[PlanItem], model_dir: Path, **kw: Any) -> tuple[Optional[Generator], float]:
-    """The loaded model (None when there is nothing to generate) and the seconds loading took."""
+    """The loaded model (None when there is nothing to generate) and the seconds loading took; ``kw`` as for
+    ``runner.Generator``, with ``mapping`` as recorded in balance.json (``GridMapping.to_dict``)."""
     from .runner import Generator
 
     t0 = time.time()
+    kw["mapping"] = GridMapping.from_dict(kw["mapping"])
     return (Generator(model_dir, **kw) if todo else None), time.time() - t0
 
 
-def _check_options(output_format: str, blend: str, steps: int, batch_size: int, guidance: float, eta: float) -> None:
+def _check_options(output_format: str, blend: str, steps: int, batch_size: int, guidance: float, eta: float,
+                   geometry: Optional[str], crop_margin: Optional[float], resolution: Optional[int]) -> None:
     if output_format not in FORMATS:
         raise UsageError(f"--output-format must be one of {', '.join(FORMATS)}, got {output_format!r}")
     if blend not in ("masked", "donor"):
         raise UsageError(f"--blend must be masked or donor, got {blend!r}")
     if steps < 1 or batch_size < 1 or guidance < 0 or eta < 0:
         raise UsageError("--steps and --batch-size must be >= 1, --guidance and --eta >= 0")
+    if geometry is not None and geometry not in MODES:
+        raise UsageError(f"--geometry must be one of {', '.join(MODES)}, got {geometry!r}")
+    if (crop_margin is not None and not crop_margin >= 0) or (resolution is not None and resolution < 8):
+        raise UsageError("--crop-margin must be >= 0 and --resolution >= 8")
+
+
+def _mapping(model_dir: Path, geometry: Optional[str], crop_margin: Optional[float],
+             resolution: Optional[int]) -> GridMapping:
+    """The grid mapping MODEL_DIR was trained with, with the user's overrides (each with a warning)."""
+    from ..models.modeldir import read_meta
+
+    return mapping_for_model(read_meta(model_dir), geometry, crop_margin, resolution)
 
 
 def _check_targets(work: Path, model: Optional[str | Path], out: Optional[str | Path], output_format: str,

@@ -1,16 +1,18 @@
-"""Training samples from a WORK folder: slice + soft mask + lesion text, resized to the model resolution.
+"""Training samples from a WORK folder: slice + soft mask + lesion text, on the model grid.
 
 Each item is a dict::
 
-    image      (1, R, R) float32 in [0, 1]   the ingested slice x0, resized (bilinear, antialiased)
-    soft_mask  (1, R, R) float32 in [0, 1]   M_b resized with area averaging; in ``hard`` mode
+    image      (1, R, R) float32 in [0, 1]   the ingested slice x0 through the grid mapping (``geometry``:
+                                             a square crop around the mask, or the padded slice; no distortion)
+    soft_mask  (1, R, R) float32 in [0, 1]   M_b through the same window; in ``hard`` mode
                                              ``masks.soften.apply_mask_mode`` (M_b >= 0.5 as 0/1) - the paper's
-                                             "w/o SMIS" ablation
+                                             "w/o SMIS" ablation (the window is the soft mask's either way)
     text       str                           the row's description; a diseased row without one uses its label
                                              name; normal rows use "" (the same empty text CFG's uncond uses)
     label, sample_id  str;  index  int       position in the dataset (used for per-sample caches)
 
-Slices are resized to a square R x R without padding (training only: nothing is recorded or inverted here).
+The mapping is the one generation uses (recorded in MODEL_DIR by ``train``), so the model sees lesions at the
+same scale and placement in training and in ``balance``.
 ``vae_input`` turns the (B, 1, R, R) [0, 1] images into the VAE's (B, 3, R, R) [-1, 1].
 """
 from __future__ import annotations
@@ -19,11 +21,12 @@ import logging
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
 from ..errors import InputError
 from ..fsutil import load_npy
-from ..geometry import resize_pair
+from ..geometry import GridMapping
 from ..masks.soften import MASK_MODES, apply_mask_mode
 from ..workdir import describe, normal_class_of, read_index, read_masks
 
@@ -41,13 +44,16 @@ class SliceDataset(torch.utils.data.Dataset):
     """Rows of WORK/index.csv of one split that have a usable mask in masks.csv (status ok, file present)."""
 
     def __init__(self, work: str | Path, split: str = "train", resolution: int = 64, mask_mode: MaskMode = "soft",
-                 diseased_only: bool = False, normal_class: str | None = None):
+                 diseased_only: bool = False, normal_class: str | None = None, mapping: GridMapping | None = None):
         if mask_mode not in MASK_MODES:
             raise InputError(f"mask mode must be soft or hard, got {mask_mode!r}")
         if resolution < 8 or resolution % 8:
             raise InputError(f"resolution must be a positive multiple of 8, got {resolution}")
         self.work = Path(work)
         self.split, self.resolution, self.mask_mode = split, int(resolution), mask_mode
+        self.mapping = mapping or GridMapping(self.resolution)
+        if self.mapping.resolution != self.resolution:
+            raise InputError(f"mapping resolution {self.mapping.resolution} differs from {self.resolution}")
         self.normal_class = normal_class_of(work, normal_class)
         index, masks = read_index(work), read_masks(work)
         for col in ("sample_id", "mask"):
@@ -79,8 +85,8 @@ class SliceDataset(torch.utils.data.Dataset):
             raise InputError(f"{sid}: cannot read its slice or mask ({type(e).__name__})") from e
         if image.ndim != 2 or mask.shape != image.shape:
             raise InputError(f"{sid}: slice {image.shape} and mask {mask.shape} must be 2D and the same shape")
-        img, msk = resize_pair(image, mask, self.resolution)
-        msk = apply_mask_mode(msk, self.mask_mode)
+        view = self.mapping.to_model(np.clip(image, 0, 1), np.clip(mask, 0, 1))
+        img, msk = view.image, apply_mask_mode(view.mask, self.mask_mode)
         return {"image": img, "soft_mask": msk, "text": self.texts[i], "label": self.labels[i],
                 "sample_id": sid, "index": i}
 

@@ -21,6 +21,7 @@ import torch
 
 from ..errors import InputError, UsageError
 from ..fsutil import atomic_write_json
+from ..geometry import MODES, GridMapping
 from ..locks import folder_lock
 from ..progress import ProgressFn
 from .loop import LoopConfig, list_checkpoints, make_accelerator, run_task
@@ -50,7 +51,9 @@ class TrainOptions:
 
     ``max_steps`` optimizer steps per stage (``msc_steps`` overrides it for the MSC stage); ``batch_size`` per
     process and micro-batch. ``resume``: None, "latest" or a checkpoint folder. ``device``: "cpu" forces the CPU,
-    otherwise accelerate picks (CUDA when present). ``force`` retrains over an existing MODEL_DIR.
+    otherwise accelerate picks (CUDA when present). ``force`` retrains over an existing MODEL_DIR. ``geometry`` /
+    ``crop_margin``: the native-to-model grid mapping (``medsoft_aug.geometry``), recorded in MODEL_DIR so that
+    generation uses the same.
     """
 
     stage: str = "all"                  # all | msc | smis
@@ -63,6 +66,8 @@ class TrainOptions:
     no_msc: bool = False
     mask_mode: str = "soft"             # soft | hard
     resolution: Optional[int] = None
+    geometry: str = "crop"              # crop | pad (geometry.MODES)
+    crop_margin: float = 0.25
     batch_size: int = 4
     grad_accum: int = 1
     mixed_precision: str = "no"         # no | fp16 | bf16
@@ -94,6 +99,8 @@ class TrainOptions:
                   (self.gamma >= 0, f"--gamma must be >= 0, got {self.gamma}"),
                   (self.msc_steps is None or self.msc_steps >= 1, "--msc-steps must be >= 1"),
                   (self.resolution is None or self.resolution >= 1, "--resolution must be >= 1"),
+                  (self.geometry in MODES, f"--geometry must be one of {', '.join(MODES)}, got {self.geometry!r}"),
+                  (self.crop_margin >= 0, f"--crop-margin must be >= 0, got {self.crop_margin}"),
                   (self.resume is None or not self.force, "--resume and --force contradict each other"),
                   (not (self.no_msc and self.stage == "msc"), "--no-msc has no MSC stage to run")]
         for ok, msg in checks:
@@ -118,7 +125,7 @@ class TrainOptions:
     def record(self) -> dict[str, Any]:
         """The arguments recorded in MODEL_DIR (a rerun with equal ones is skipped): local folders absolute."""
         keys = ("stage", "max_steps", "msc_steps", "base_model", "encoder", "gamma", "train_unet", "no_msc",
-                "mask_mode", "resolution", "batch_size", "grad_accum", "mixed_precision",
+                "mask_mode", "resolution", "geometry", "crop_margin", "batch_size", "grad_accum", "mixed_precision",
                 "gradient_checkpointing", "seed", "normal_class")
         rec = {k: getattr(self, k) for k in keys}
         rec.update(base_model=_ref(self.base_model), encoder=None if self.no_msc else _ref(self.encoder))
@@ -185,9 +192,11 @@ def _train(work: Path, out: Path, opts: TrainOptions, args: dict, on_progress: P
         raise UsageError(f"--resolution must be a positive multiple of {multiple} for this base model, got {res}")
     from .data import SliceDataset
 
+    mapping = GridMapping(res, opts.geometry, float(opts.crop_margin))
+
     def data(split: str, diseased_only: bool) -> SliceDataset:
         return SliceDataset(work, split, res, opts.mask_mode, diseased_only=diseased_only,
-                            normal_class=opts.normal_class)
+                            normal_class=opts.normal_class, mapping=mapping)
 
     # 2. MSC stage (Eq. 4): train it, or load the one a previous --stage msc run left
     result = TrainResult(model_dir=out, stage=opts.stage)
@@ -198,7 +207,7 @@ def _train(work: Path, out: Path, opts: TrainOptions, args: dict, on_progress: P
         enc = load_encoder(opts.encoder, device=acc.device)
         if opts.stage in ("all", "msc"):
             msc_args = {k: args[k] for k in ("encoder", "mask_mode", "batch_size", "grad_accum", "seed",
-                                             "mixed_precision", "normal_class")}
+                                             "mixed_precision", "normal_class", "geometry", "crop_margin")}
             msc_args.update(resolution=res, steps=opts.msc_steps or opts.max_steps)
             msc = _msc_stage(acc, enc, data, out, loop_cfg, msc_args, opts.resume, on_progress, result)
         else:
@@ -336,7 +345,9 @@ def _write_model(out: Path, task, base, base_info: dict, enc, msc, adapter_info,
     files = save_model_dir(
         out, trained_unet_state=task.export_state(), base_info=base_info,
         encoder_info={**enc.describe(), "ref": args["encoder"]} if enc is not None else None, msc=msc,
-        adapter_info=adapter_info, resolution=res, mask_mode=args["mask_mode"], train_unet=args["train_unet"],
+        adapter_info=adapter_info, resolution=res,
+        geometry=GridMapping(res, args["geometry"], float(args["crop_margin"])).to_dict(),
+        mask_mode=args["mask_mode"], train_unet=args["train_unet"],
         normal_class=normal_class, inference_scheduler=dict(base.inference_scheduler_config),
         training={"arguments": args, "loop": asdict(cfg), "stages": result.stages}, work=work_info)
     result.files.update(files)
