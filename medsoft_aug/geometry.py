@@ -120,12 +120,19 @@ class GridMapping:
         x0 = np.asarray(donor, dtype=np.float32)
         m = np.asarray(mask, dtype=np.float32)
         (r0, r1, c0, c1), _ = _overlap(window, x0.shape)
-        dec = np.nan_to_num(self.to_native(model_image, window, x0.shape)[r0:r1, c0:c1], nan=0.0, posinf=1.0,
-                            neginf=0.0)
+        dec = self.to_native(model_image, window, x0.shape)[r0:r1, c0:c1]
         out = x0.copy()
-        xs, ms = x0[r0:r1, c0:c1], m[r0:r1, c0:c1]
-        out[r0:r1, c0:c1] = np.where(ms > 0, np.clip(xs * (1.0 - ms) + np.clip(dec, 0, 1) * ms, 0.0, 1.0), xs)
+        out[r0:r1, c0:c1] = composite(x0[r0:r1, c0:c1], dec, m[r0:r1, c0:c1])
         return out
+
+
+def composite(x0: np.ndarray, decoded: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Pixel-space soft blend ``x0 * (1 - M_b) + decoded * M_b`` of same-shape arrays: exactly ``x0`` where
+    ``M_b == 0`` (non-finite decoded values count as 0, or 1 for +inf); float32 in [0, 1]."""
+    x0 = np.asarray(x0, dtype=np.float32)
+    m = np.asarray(mask, dtype=np.float32)
+    dec = np.nan_to_num(np.asarray(decoded, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    return np.clip(x0 * (1.0 - m) + dec * m, 0.0, 1.0).astype(np.float32)
 
 
 def mapping_for_model(meta: dict[str, Any], mode: Optional[str] = None, margin: Optional[float] = None,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from medsoft_aug.geometry import GridMapping, Window, mapping_for_model
+from medsoft_aug.geometry import GridMapping, Window, composite, mapping_for_model
 
 R = 64
 
@@ -155,6 +155,16 @@ def test_composite_keeps_every_donor_pixel_outside_the_mask_exactly(shape):
     np.testing.assert_allclose(out[inside], donor[inside] * (1 - m[inside]) + dec_native[inside] * m[inside],
                                atol=1e-6)
     assert np.abs(out - donor)[m > 0.9].mean() > 0.05
+
+
+def test_composite_matches_the_formula_on_random_inputs():
+    rng = np.random.default_rng(6)
+    x0, dec, m = (rng.uniform(0, 1, (9, 13)).astype(np.float32) for _ in range(3))
+    m[:3] = 0
+    np.testing.assert_allclose(composite(x0, dec, m), x0 * (1 - m) + dec * m, atol=1e-7)
+    dec[0, 0], dec[4, 4] = np.nan, np.inf
+    out = composite(x0, dec, m)
+    assert np.array_equal(out[:3], x0[:3]) and np.isfinite(out).all()
 
 
 def test_empty_mask_uses_the_whole_slice_and_bad_settings_are_refused():

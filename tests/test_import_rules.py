@@ -24,8 +24,7 @@ RANK = {"": 0, "errors": 0, "fsutil": 0, "csvio": 0, "locks": 0, "progress": 0, 
 TRAIN_USERS = {"train", "api", "demo", "cli"}
 CLI_ONLY = {"typer", "rich", "click"}
 # Known breaks being removed by another change; each names why. Keep this empty when possible.
-KNOWN = {("medsoft_aug.models.tiny_fit", "medsoft_aug.train.data"):
-         "tiny-base build tool moving out of the package (issue 11 section 2)"}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def module_files(package: Path) -> dict[str, Path]:

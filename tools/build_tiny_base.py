@@ -42,8 +42,9 @@ import torch.nn.functional as F
 
 from medsoft_aug.evaluate.metrics import psnr
 from medsoft_aug.fsutil import atomic_write_json, atomic_write_text
-from medsoft_aug.generate.engine import InpaintEngine, SamplingOptions, composite
+from medsoft_aug.generate.engine import InpaintEngine, SamplingOptions
 from medsoft_aug.generate.evidence import sample_evidence, summarize
+from medsoft_aug.geometry import GridMapping, composite
 from medsoft_aug.models.base import BaseModel, build_tiny_base, load_base_model, save_base_model
 from medsoft_aug.train.data import SliceDataset
 from medsoft_aug.train.loop import LoopConfig, make_accelerator, run_task
@@ -91,7 +92,8 @@ def load_rows(works: list[Path], splits: tuple[str, ...], resolution: int) -> Ro
     for work in works:
         index = read_index(work).set_index("sample_id")
         for split in splits:
-            ds = SliceDataset(work, split=split, resolution=resolution)
+            # the whole slice (pad mapping; the phantom's slices are square, so x, y scale by R / width below)
+            ds = SliceDataset(work, split=split, resolution=resolution, mapping=GridMapping(resolution, "pad"))
             for i in range(len(ds)):
                 it = ds[i]
                 row = index.loc[it["sample_id"]]
