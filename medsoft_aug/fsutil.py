@@ -17,8 +17,11 @@ os.umask(_UMASK)
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on failure removed."""
+def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on failure removed.
+
+    ``durable=False`` skips the fsync (a kill cannot tear the file either way; only a power loss can): for files
+    whose hash is recorded and checked before reuse, written by the thousand (e.g. balance's real rows)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -26,8 +29,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp_path, "rb") as fh:
+                os.fsync(fh.fileno())
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
         os.replace(tmp_path, path)
     except BaseException:

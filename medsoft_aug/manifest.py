@@ -81,6 +81,20 @@ def read_manifest(path: str | Path, required: Sequence[str] = tuple(MANIFEST_COL
     return df
 
 
+def _end_of_last_line(path: Path, size: int, block: int = 1 << 16) -> int:
+    """Offset just after the last newline of ``path`` (0 when none), reading backwards from ``size``."""
+    with open(path, "rb") as fh:
+        end = size
+        while end > 0:
+            start = max(0, end - block)
+            fh.seek(start)
+            i = fh.read(end - start).rfind(b"\n")
+            if i >= 0:
+                return start + i + 1
+            end = start
+    return 0
+
+
 class Ledger:
     """Append-only resume ledger of manifest rows (see the module docstring). Use as a context manager::
 
@@ -115,19 +129,11 @@ class Ledger:
             self.path.unlink(missing_ok=True)
         self._fh = open(self.path, "ab")
         size = self._fh.seek(0, os.SEEK_END)
-        if size:                                                 # cut a torn last line before appending
-            with open(self.path, "rb") as fh:
-                fh.seek(max(0, size - (1 << 20)))
-                tail = fh.read()
-            keep = size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else self._whole_lines_end()
-            if keep != size:
-                self._fh.truncate(keep)
-                self._fh.seek(keep)
+        keep = _end_of_last_line(self.path, size)
+        if keep != size:                                         # cut a torn last line before appending
+            self._fh.truncate(keep)
+            self._fh.seek(keep)
         return self
-
-    def _whole_lines_end(self) -> int:
-        data = self.path.read_bytes()
-        return data.rfind(b"\n") + 1
 
     def append(self, rows: Iterable[dict]) -> None:
         """Append rows (one line each) and make them durable (flush + fsync) before returning."""

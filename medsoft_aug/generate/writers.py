@@ -49,8 +49,9 @@ def write_image(path: str | Path, image01: np.ndarray, output_format: str, row: 
                             mask01=mask01)
 
 
-def write_png16(path: str | Path, image01: np.ndarray) -> None:
-    """Write (H, W) values in [0, 1] as a 16-bit grayscale PNG: ``round(clip(x, 0, 1) * 65535)``.
+def write_png16(path: str | Path, image01: np.ndarray, durable: bool = True) -> None:
+    """Write (H, W) values in [0, 1] as a 16-bit grayscale PNG: ``round(clip(x, 0, 1) * 65535)``
+    (``durable``: see ``fsutil.atomic_path``).
 
     Raises:
         ValueError: not a 2D array; InputError: non-finite values.
@@ -59,7 +60,7 @@ def write_png16(path: str | Path, image01: np.ndarray) -> None:
 
     arr = _image01(image01, str(Path(path).name))
     u16 = np.rint(arr * 65535.0).astype(np.uint16)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=durable) as tmp:
         Image.fromarray(u16).save(tmp, format="PNG")
 
 
