@@ -112,7 +112,7 @@ def read_dicom_series(folder: str | Path, *, label_map: bool = False) -> ImageDa
             orientation, duplicate slice positions, corrupt or undecodable slices.
     """
     folder = Path(folder)
-    headers, empty_uids, ignored = _scan_series(folder)
+    headers, empty_uids, ignored = _scan_series(folder, with_pixels=True)   # every file is read once
     if len(headers) == 1 and n_frames_of(headers[0][1]) > 1:
         img = read_dicom_file(headers[0][0], label_map=label_map)
         img.meta.update(dicom_files=[str(headers[0][0])], empty_uids=empty_uids, ignored_files=ignored)
@@ -123,14 +123,15 @@ def read_dicom_series(folder: str | Path, *, label_map: bool = False) -> ImageDa
     stack = np.empty((rows, cols, len(headers)), dtype=np.float64 if label_map else np.float32)
     per_slice: list[dict] = []
     for k, idx in enumerate(geom.order):
-        path = headers[idx][0]
-        ds = dcmread(path, force=not has_dicm_preamble(path))
+        path, ds = headers[idx]
         stored = decode_with_fallback(ds, path)      # GDCM when pydicom cannot decode
         if stored.shape[1:] != (rows, cols):
             raise InputError(f"{path.name}: pixel data size differs from the header")
         phys, m = to_physical(ds, stored, label_map=label_map)
         stack[:, :, k] = phys[0]
         per_slice.append(m)
+        if "PixelData" in ds:
+            del ds.PixelData                          # the encoded bytes are not needed any more
         del ds, stored, phys
     meta = dict(per_slice[0])
     for key in ("rescale_slope", "rescale_intercept", "invert_sum"):
@@ -170,8 +171,11 @@ def series_slice_files(folder: str | Path) -> tuple[list[Path], Optional[int]]:
     return [headers[i][0] for i in order], int(ornt[2, 0])
 
 
-def _scan_series(folder: Path) -> tuple[list, bool, int]:
-    """Headers (path, dataset without pixels) of the folder's one series; (headers, all UIDs empty, ignored count)."""
+def _scan_series(folder: Path, with_pixels: bool = False) -> tuple[list, bool, int]:
+    """Datasets (path, dataset) of the folder's one series; (datasets, all UIDs empty, ignored count).
+
+    ``with_pixels``: read each file whole (its pixel data are then decoded from this one read), else headers
+    only (stop before the pixel data)."""
     if not folder.is_dir():
         raise InputError(f"{folder}: folder not found")
     entries = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -183,7 +187,7 @@ def _scan_series(folder: Path) -> tuple[list, bool, int]:
         if not preamble and p.suffix.lower() != ".dcm":
             ignored += 1
             continue
-        ds = dcmread(p, header_only=True, force=not preamble)
+        ds = dcmread(p, header_only=not with_pixels, force=not preamble)
         if "Rows" not in ds or "Columns" not in ds:
             others.append((p, ds))
             continue
