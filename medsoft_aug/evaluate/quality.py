@@ -164,8 +164,7 @@ def evaluate_quality(work: str | Path, model: str | Path, out: str | Path, *,
     TrainedModel instead of loading ``model``. Raises InputError/ModelError (exit 3) for a bad WORK, model,
     weights or balance folder; UsageError (exit 2) for bad options. Writes nothing when it fails.
     """
-    from ..generate.plan import derive_seed
-
+    # 1. Options and inputs, checked before the model loads.
     work, out = Path(work), Path(out)
     steps = 50 if steps is None else int(steps)
     guidance = 7.5 if guidance is None else float(guidance)
@@ -176,35 +175,17 @@ def evaluate_quality(work: str | Path, model: str | Path, out: str | Path, *,
     if balance_out is not None and not (Path(balance_out) / "manifest.csv").is_file():
         raise InputError(f"{balance_out} has no manifest.csv: not a `medsoft-aug balance` output folder")
     rows = select_test_lesions(work, normal_class, limit)
+    # 2. The balance engine with the model's grid mapping and mask mode.
     t0 = time.time()
     inpaint, tm, dev, geometry = model_inpainter(Path(model), device, batch_size, steps, guidance, trained)
-    ncls = normal_class_of(work, normal_class)
     mask_mode = str(tm.meta.get("mask_mode", "soft"))
     created = not out.exists()
     try:
-        originals, fakes, masks_, recs = [], [], [], []
-        for start in range(0, len(rows), batch_size):
-            b = rows.iloc[start:start + batch_size]
-            imgs, msks = [], []
-            for _, r in b.iterrows():
-                img, m = load_pair(work, r["image"], r["mask"], r["sample_id"])
-                m = apply_mask_mode(m, mask_mode)          # the mask generation uses (hard: w/o SMIS)
-                imgs.append(img)
-                msks.append(m)
-            prompts = [describe(str(d), str(lab), ncls) for d, lab in zip(b["description"], b["label"])]
-            seeds = [derive_seed(seed, s) for s in b["sample_id"]]
-            outs = inpaint(imgs, msks, prompts, seeds)
-            for (_, r), x0, m, y, p in zip(b.iterrows(), imgs, msks, outs, prompts):
-                recs.append({"sample_id": r["sample_id"], "label": r["label"], "prompt": p,
-                             "psnr": M.psnr(x0, y), "psnr_mask": M.psnr(x0, y, weights=m),
-                             "ssim": M.ssim(x0, y), "ssim_mask": M.ssim(x0, y, weights=m),
-                             "mask_area_px": float(m.sum())})
-                originals.append(x0)
-                fakes.append(y)
-                masks_.append(m)
-            report(on_progress, "inpaint", len(recs), len(rows))
+        # 3. Inpaint every test lesion with its own description; per-sample metrics.
+        samples, originals, fakes = _inpaint_rows(work, rows, inpaint, normal_class_of(work, normal_class),
+                                                  mask_mode, seed, batch_size, on_progress)
         t_inpaint = time.time() - t0
-        samples = pd.DataFrame(recs)
+        # 4. Summary (means, FID, background fidelity of a balance run) and the files, written last.
         summary: dict[str, Any] = {
             "tool": "medsoft-aug evaluate quality", "version": __version__, "work": str(work), "model": str(model),
             "n_samples": len(samples), "steps": steps, "guidance": guidance, "seed": seed, "mask_mode": mask_mode,
@@ -214,30 +195,65 @@ def evaluate_quality(work: str | Path, model: str | Path, out: str | Path, *,
             "n_identical": int(np.isinf(samples["psnr"]).sum()),
             **fid_block(originals, fakes, Path(inception_weights) if inception_weights else None,
                         getattr(tm, "encoder", None), dev),
-            "notes": ["psnr_mask / ssim_mask are weighted by the mask generation used (M_b, or M_b >= 0.5 for a "
-                      "--mask-mode hard model); outside it the composite equals "
-                      "the original, so whole-image values are higher than inside-mask values",
-                      "images in [0, 1] after the ingest window; data_range = 1"],
-        }
-        for sid, y in zip(samples["sample_id"], fakes):
-            write_png16(out / "inpainted" / f"{sid}.png", y)
-        if balance_out is not None:
-            bg, bg_rows = background_fidelity(Path(balance_out))
-            summary["background"] = bg
-            atomic_write_csv(out / "background_samples.csv", bg_rows)
-        summary["timing_s"] = {"inpaint": round(t_inpaint, 3), "total": round(time.time() - t0, 3)}
-        atomic_write_csv(out / "quality_samples.csv", samples)
-        atomic_write_json(out / "quality.json", _json_safe(summary))
+            "notes": QUALITY_NOTES}
+        _write_outputs(out, samples, fakes, summary, balance_out, t_inpaint, t0)
     except BaseException:
         if created and out.is_dir():
             shutil.rmtree(out, ignore_errors=True)
         raise
+    # 5. The result (and the report, when asked).
     result = QualityResult(out, _json_safe(summary), samples)
     if report_dir is not None:
         from .report import evaluate_report
 
         evaluate_report(report_dir, quality_out=out)
     return result
+
+
+QUALITY_NOTES = ["psnr_mask / ssim_mask are weighted by the mask generation used (M_b, or M_b >= 0.5 for a "
+                 "--mask-mode hard model); outside it the composite equals "
+                 "the original, so whole-image values are higher than inside-mask values",
+                 "images in [0, 1] after the ingest window; data_range = 1"]
+
+
+def _inpaint_rows(work: Path, rows: pd.DataFrame, inpaint: Inpainter, ncls: str, mask_mode: str, seed: int,
+                  batch_size: int, on_progress: ProgressFn) -> tuple[pd.DataFrame, list[np.ndarray],
+                                                                     list[np.ndarray]]:
+    """(per-sample metrics, originals, inpainted images) of the test lesions, batch by batch. The soft masks go
+    to the engine (its window is the soft mask's, as in training); metrics use the mask generation used."""
+    from ..generate.plan import derive_seed
+
+    originals, fakes, recs = [], [], []
+    for start in range(0, len(rows), batch_size):
+        b = rows.iloc[start:start + batch_size]
+        pairs = [load_pair(work, r["image"], r["mask"], r["sample_id"]) for _, r in b.iterrows()]
+        prompts = [describe(str(d), str(lab), ncls) for d, lab in zip(b["description"], b["label"])]
+        outs = inpaint([p[0] for p in pairs], [p[1] for p in pairs], prompts,
+                       [derive_seed(seed, s) for s in b["sample_id"]])
+        for (_, r), (x0, soft), y, p in zip(b.iterrows(), pairs, outs, prompts):
+            m = apply_mask_mode(soft, mask_mode)                      # the mask generation uses (hard: w/o SMIS)
+            recs.append({"sample_id": r["sample_id"], "label": r["label"], "prompt": p,
+                         "psnr": M.psnr(x0, y), "psnr_mask": M.psnr(x0, y, weights=m),
+                         "ssim": M.ssim(x0, y), "ssim_mask": M.ssim(x0, y, weights=m),
+                         "mask_area_px": float(m.sum())})
+            originals.append(x0)
+            fakes.append(y)
+        report(on_progress, "inpaint", len(recs), len(rows))
+    return pd.DataFrame(recs), originals, fakes
+
+
+def _write_outputs(out: Path, samples: pd.DataFrame, fakes: list[np.ndarray], summary: dict[str, Any],
+                   balance_out: Optional[str | Path], t_inpaint: float, t0: float) -> None:
+    """OUT/inpainted/*.png, background_samples.csv (with ``balance_out``), quality_samples.csv, quality.json."""
+    for sid, y in zip(samples["sample_id"], fakes):
+        write_png16(out / "inpainted" / f"{sid}.png", y)
+    if balance_out is not None:
+        bg, bg_rows = background_fidelity(Path(balance_out))
+        summary["background"] = bg
+        atomic_write_csv(out / "background_samples.csv", bg_rows)
+    summary["timing_s"] = {"inpaint": round(t_inpaint, 3), "total": round(time.time() - t0, 3)}
+    atomic_write_csv(out / "quality_samples.csv", samples)
+    atomic_write_json(out / "quality.json", _json_safe(summary))
 
 
 def _json_safe(obj: Any) -> Any:
