@@ -48,7 +48,9 @@ def balance_command(
         "ingest).")] = None,
     shard: Annotated[Optional[str], typer.Option(
         "--shard", help="K/N: make only the K-th of N deterministic shares of the plan (1 <= K <= N); shard 1 "
-        "also copies the real samples. Join with `medsoft-aug manifest merge`.")] = None,
+        "also copies the real samples. Join with `medsoft-aug manifest merge`. auto: K/N from torchrun / "
+        "accelerate launch (RANK, WORLD_SIZE) or a Slurm job array (SLURM_ARRAY_TASK_*); each shard writes "
+        "OUT/shard-K-of-N/ and OUT/manifest.csv is merged once all are complete.")] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Print the plan as JSON (counts before/after, donors, prompts); load no model, write "
         "nothing.")] = False,

@@ -57,6 +57,7 @@ from ..versions import package_versions
 from ..workdir import check_work, images_root_of, load_pair, normal_class_of
 from .plan import BalancePlan, PlanItem, parse_shard, plan_balance
 from .prompts import load_prompts
+from .scaleout import AutoShard, finish_shard, resolve_shard, shard_dir
 from .writers import FORMATS, seg_path, synthetic_paths, write_image, write_png16
 
 if TYPE_CHECKING:
@@ -100,6 +101,9 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
     # 1. Options, WORK and the plan (a dry run stops here: no model loaded, nothing written).
     work = Path(work)
     _check_options(output_format, blend, steps, batch_size, guidance, eta, geometry, crop_margin, resolution)
+    auto, root = (resolve_shard() if shard == "auto" else None), out        # --shard auto: see scaleout.py
+    if auto is not None:
+        shard, out = auto.spec, (None if out is None else shard_dir(Path(out), auto.k, auto.n))
     (k, n), (index, masks) = parse_shard(shard), check_work(work)
     plan = plan_balance(index, masks, normal_class=(ncls := normal_class_of(work, normal_class)), ratio=target_ratio,
                         classes=classes, prompts=load_prompts(prompts), prompt_mode=prompt_mode, seed=seed,
@@ -122,7 +126,8 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
         prev, rows, real_ids, todo, real_todo = _resume_state(out, fingerprint, force, items, index, k, consts)
         if not todo and not real_todo and prev.get("status") == "complete" \
                 and (out / "manifest.csv").is_file():
-            return _summary(plan, items, prev, out, generated=0, skipped=len(items), failures=[])
+            return _merged(_summary(plan, items, prev, out, generated=0, skipped=len(items), failures=[]),
+                           auto, root)
         # 4. Load the model before creating anything: a bad model writes nothing (no torch before).
         t0 = time.time()
         gen, load_s = _load_generator(todo, model_dir, device=device, batch_size=batch_size, steps=steps,
@@ -140,6 +145,8 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
         write_final_manifest(out, rows)
         summary = _summary(plan, items, record, out, generated=generated, skipped=len(items) - len(todo),
                            failures=failures.items)
+        if not failures.items:
+            summary = _merged(summary, auto, root)    # --shard auto: merge when every shard is complete
         _raise_failures(failures, generated, len(items) - len(todo), len(todo), job, summary)
         return summary
 
@@ -156,6 +163,14 @@ def _resume_state(out: Path, fingerprint: dict, force: bool, items: list[PlanIte
     rows = {s: r for s, r in rows.items() if s in keep}
     todo = [it for it in items if not _done(rows.get(it.sample_id), it, consts)]
     return prev, rows, real_ids, todo, [s for s in real_ids if s not in rows]
+
+
+def _merged(summary: dict[str, Any], auto: Optional[AutoShard], root: Optional[str | Path]) -> dict[str, Any]:
+    """``--shard auto``: the summary with the launcher's shard and, once every shard is complete, the merge."""
+    if auto is None:
+        return summary
+    merged = finish_shard(Path(root), auto) if auto.n > 1 else None
+    return {**summary, "launcher": auto.launcher, "merged": merged}
 
 
 def _load_generator(todo: list[PlanItem], model_dir: Path, **kw: Any) -> tuple[Optional[Generator], float]:
