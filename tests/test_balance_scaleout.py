@@ -63,3 +63,26 @@ def test_two_processes_merge_equals_single_run(tmp_path, tiny_model_dir):
         pa, pb = (np.asarray(Image.open(d / t.loc[sid, "image"]), dtype=np.float64) / 65535
                   for d, t in ((tmp_path / "single", a), (out, b)))
         np.testing.assert_allclose(pa, pb, atol=3e-4)
+
+
+def test_scheduler_option_is_checked_before_any_work(tmp_path):
+    work = write_work(tmp_path / "work", {"normal": 2, "benign": 1})
+    for extra in (["--scheduler", "euler"], ["--scheduler", "unipc", "--eta", "0.5"]):
+        r = CliRunner().invoke(app, ["balance", str(work), "--out", str(tmp_path / "o"), "--model",
+                                     str(tmp_path / "m"), *extra])
+        assert r.exit_code == 2 and "--scheduler" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert not (tmp_path / "o").exists()
+
+
+def test_balance_with_a_solver_records_it(tmp_path, tiny_model_dir):
+    import json
+
+    work = write_work(tmp_path / "work", {"normal": 2, "benign": 1}, descriptions={"benign": ["bright"]})
+    with one_thread():
+        r = CliRunner().invoke(app, ["balance", str(work), "--out", str(tmp_path / "o"), "--model",
+                                     str(tiny_model_dir), "--scheduler", "dpmsolver++", "--steps", "3",
+                                     "--device", "cpu"])
+    assert r.exit_code == 0, r.stderr
+    rec = json.loads((tmp_path / "o" / "balance.json").read_text())
+    assert rec["options"]["scheduler"] == "dpmsolver++" and rec["generated"] == 1
+    assert (read_manifest(tmp_path / "o" / "manifest.csv").origin == "synthetic").sum() == 1

@@ -35,6 +35,10 @@ def balance_command(
     steps: Annotated[int, typer.Option("--steps", help="DDIM steps (paper: 50).")] = 50,
     guidance: Annotated[float, typer.Option(
         "--guidance", help="Classifier-free guidance scale (paper: 7.5; uncond = empty text + zero e_MSC).")] = 7.5,
+    scheduler: Annotated[str, typer.Option(
+        "--scheduler", help="ddim (the paper's, default), or a multistep solver for fewer UNet evaluations: "
+        "dpmsolver++ or unipc (e.g. --steps 20; see bench/RESULTS.md for their measured quality vs 50-step "
+        "DDIM). The Eq. 7 blend is done at the solver's own timesteps.")] = "ddim",
     eta: Annotated[float, typer.Option("--eta", help="DDIM eta (0 = deterministic; >0 adds sigma_t z, Eq. 8).")] = 0.0,
     batch_size: Annotated[int, typer.Option(
         "--batch-size", help="Samples per batch (each with its own mask, prompt, e_MSC, seed).")] = 8,
@@ -90,7 +94,7 @@ def balance_command(
                       prompt_mode=value(prompt_mode), seed=seed, steps=steps, guidance=guidance, eta=eta,
                       batch_size=batch_size, device=device, output_format=value(output_format), shard=shard,
                       dry_run=dry_run, force=force, normal_class=normal_class, images_root=images,
-                      base_model=base_model, blend=value(blend), max_synthetic=max_synthetic,
+                      base_model=base_model, blend=value(blend), max_synthetic=max_synthetic, scheduler=scheduler,
                       geometry=value(geometry), crop_margin=crop_margin, resolution=resolution,
                       on_progress=on_progress)
     if json_out or dry_run:

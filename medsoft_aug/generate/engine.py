@@ -48,6 +48,26 @@ class SamplingOptions:
     blend: str = "masked"
     # "soft" (SMIS) or "hard" (w/o SMIS: masks.soften.apply_mask_mode, M_b >= 0.5, also on the latent grid)
     mask_mode: str = "soft"
+    # "ddim" (the paper's), or a diffusers multistep solver for fewer UNet evaluations: "dpmsolver++"
+    # (DPMSolverMultistepScheduler, 2nd order) or "unipc" (UniPCMultistepScheduler); Eq. 7 at the solver's own
+    # timesteps either way. eta applies to DDIM only.
+    scheduler: str = "ddim"
+
+
+SCHEDULERS = ("ddim", "dpmsolver++", "unipc")
+
+
+def make_scheduler(name: str, config):
+    """A fresh diffusers scheduler ``name`` (see :data:`SCHEDULERS`) from a scheduler config (SD1.5's betas)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    if name == "ddim":
+        return DDIMScheduler.from_config(config)
+    if name == "dpmsolver++":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+    if name == "unipc":
+        return UniPCMultistepScheduler.from_config(config)
+    raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {name!r}")
 
 
 def resolve_device(device: str = "auto") -> tuple[torch.device, torch.dtype]:
@@ -144,7 +164,8 @@ class InpaintEngine:
             raise ValueError("batch sizes of images, masks, prompts, e_MSC and seeds differ")
         dev, dt = self.device, self.dtype
         h = w = self.resolution // self.factor
-        sched = self.scheduler
+        # multistep solvers keep a history: a fresh one per batch (DDIM is stateless: the engine's own)
+        sched = self.scheduler if opts.scheduler == "ddim" else make_scheduler(opts.scheduler, self.scheduler.config)
         sched.set_timesteps(int(opts.steps), device=dev)
         timesteps = sched.timesteps
 
@@ -173,10 +194,13 @@ class InpaintEngine:
                 eps_u, eps_c = out.chunk(2)
                 out = eps_u + opts.guidance * (eps_c - eps_u)
             var_noise = None
-            if opts.eta > 0:
+            if opts.eta > 0 and opts.scheduler == "ddim":
                 var_noise = torch.cat([torch.randn((1, *z.shape[1:]), generator=g, dtype=torch.float32)
                                        for g in gens]).to(dev, dt)
-            p = sched.step(out, t, z, eta=float(opts.eta), variance_noise=var_noise).prev_sample   # Eq. 8
+            if opts.scheduler == "ddim":
+                p = sched.step(out, t, z, eta=float(opts.eta), variance_noise=var_noise).prev_sample   # Eq. 8
+            else:
+                p = sched.step(out, t, z).prev_sample
             if i + 1 < len(timesteps):
                 z_m_t = sched.add_noise(z_m, eps, timesteps[i + 1:i + 2])
             else:

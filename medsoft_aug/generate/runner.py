@@ -30,7 +30,8 @@ class Generator:
 
     def __init__(self, model_dir: Optional[Path], *, device: str = "auto", batch_size: int = 8, steps: int = 50,
                  guidance: float = 7.5, eta: float = 0.0, trained: Any = None, base_model: Optional[str] = None,
-                 blend: str = "masked", mapping: Optional[GridMapping] = None):
+                 blend: str = "masked", mapping: Optional[GridMapping] = None,
+                 scheduler: str = "ddim"):
         from ..models.modeldir import load_model_dir
 
         self.device, self.dtype = resolve_device(device)
@@ -45,7 +46,7 @@ class Generator:
         self.engine = InpaintEngine(base.unet, base.vae, base.inference_scheduler(), self.mapping.resolution)
         self.mask_mode = str(self.trained.meta.get("mask_mode", "soft"))         # recorded by train
         self.opts = SamplingOptions(steps=int(steps), guidance=float(guidance), eta=float(eta), blend=blend,
-                                    mask_mode=self.mask_mode)
+                                    mask_mode=self.mask_mode, scheduler=scheduler)
         self.batch_size = int(batch_size)
         self.uncond = base.encode_prompt([""])                                     # (1, L, C)
 

@@ -91,16 +91,19 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
             normal_class: Optional[str] = None, images_root: Optional[str | Path] = None,
             base_model: Optional[str] = None, blend: str = "masked", max_synthetic: Optional[int] = None,
             geometry: Optional[str] = None, crop_margin: Optional[float] = None, resolution: Optional[int] = None,
+            scheduler: str = "ddim",
             on_progress: ProgressFn = None) -> dict[str, Any]:
     """Balance every disease class of WORK's train split to ``target_ratio`` x normal by soft-mask inpainting.
 
     Returns a JSON-ready summary (``dry_run``: the plan only). Raises UsageError, InputError / ModelError (bad
     WORK, model or OUT; nothing written), PartialFailure (some samples failed; the rest written and listed).
     ``base_model`` overrides MODEL_DIR's base (same hash), ``geometry`` / ``crop_margin`` / ``resolution`` its grid
-    mapping (warned); ``blend``: Eq. 7's latent outside the mask, ``masked`` = VAE(I_m) or ``donor`` = VAE(x0)."""
+    mapping (warned); ``blend``: Eq. 7's latent outside the mask, ``masked`` = VAE(I_m) or ``donor`` = VAE(x0);
+    ``scheduler``: ``ddim`` (paper) or a multistep solver (``dpmsolver++``, ``unipc``; see engine.SamplingOptions)."""
     # 1. Options, WORK and the plan (a dry run stops here: no model loaded, nothing written).
     work = Path(work)
     _check_options(output_format, blend, steps, batch_size, guidance, eta, geometry, crop_margin, resolution)
+    _check_scheduler(scheduler, eta)
     auto, root = (resolve_shard() if shard == "auto" else None), out        # --shard auto: see scaleout.py
     if auto is not None:
         shard, out = auto.spec, (None if out is None else shard_dir(Path(out), auto.k, auto.n))
@@ -118,8 +121,8 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
         # 3. The run's fingerprint, and what a previous run with the same one already wrote.
         opts = {"target_ratio": float(target_ratio), "classes": list(classes or []), "prompts": str(prompts or ""),
                 "prompt_mode": prompt_mode, "seed": int(seed), "steps": int(steps), "guidance": float(guidance),
-                "eta": float(eta), "blend": blend, "output_format": output_format, "shard": f"{k}/{n}",
-                "normal_class": ncls, "geometry": _mapping(model_dir, geometry, crop_margin, resolution).to_dict()}
+                "eta": float(eta), "blend": blend, "scheduler": scheduler, "output_format": output_format,
+                "shard": f"{k}/{n}", "normal_class": ncls, "geometry": _mapping(model_dir, geometry, crop_margin, resolution).to_dict()}
         fingerprint = {**opts, "model_sha256": model_sha, "plan_sha256": _plan_sha256(items)}
         consts = {"model": model_dir.name, "model_sha256": model_sha, "steps": str(int(steps)),
                   "guidance": repr(float(guidance)), "eta": repr(float(eta)), "format": output_format}
@@ -132,7 +135,7 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
         t0 = time.time()
         gen, load_s = _load_generator(todo, model_dir, device=device, batch_size=batch_size, steps=steps,
                                       guidance=guidance, eta=eta, base_model=base_model, blend=blend,
-                                      mapping=opts["geometry"])
+                                      mapping=opts["geometry"], scheduler=scheduler)
         # 5. Real rows, then synthetic samples batch by batch (each batch appended to the resume ledger).
         job = _Job(work, index, masks, out, output_format, fmt_root, consts, on_progress, created=created)
         generated, gen_s, failures = _write_outputs(job, gen, fingerprint, rows, todo, real_todo,
@@ -203,6 +206,16 @@ def _mapping(model_dir: Path, geometry: Optional[str], crop_margin: Optional[flo
     from ..models.modeldir import read_meta
 
     return mapping_for_model(read_meta(model_dir), geometry, crop_margin, resolution)
+
+
+SCHEDULERS = ("ddim", "dpmsolver++", "unipc")      # = engine.SCHEDULERS (not imported here: engine imports torch)
+
+
+def _check_scheduler(scheduler: str, eta: float) -> None:
+    if scheduler not in SCHEDULERS:
+        raise UsageError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
+    if scheduler != "ddim" and eta > 0:
+        raise UsageError(f"--eta applies to --scheduler ddim only, got --eta {eta} with --scheduler {scheduler}")
 
 
 def _check_targets(work: Path, model: Optional[str | Path], out: Optional[str | Path], output_format: str,
