@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path, PurePath
+from pathlib import PurePath
 from typing import Annotated, Any, Optional, Sequence, get_args, get_origin
 
 import typer
