@@ -76,33 +76,34 @@ def _real_lesions(work: Path, index: pd.DataFrame, masks: pd.DataFrame, label: s
 
 def evidence_report(work: Path, balanced: Path) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """Per disease class: the class means inside the mask (donors, synthetic images, real training lesions) and
-    the per-sample check of ``generate.evidence`` ("k of n moved toward their class"); and the per-sample rows."""
-    from PIL import Image
+    the per-sample check that ``balance`` recorded in the manifest (``generate.evidence``: "k of n moved toward
+    their class"); and the per-sample rows."""
+    from .generate.evidence import EVIDENCE_FIELDS, summarize
 
-    from .generate.evidence import masked_mean, sample_evidence, summarize
-
-    syn, index, masks = _synthetic_rows(work, balanced)
+    syn, _, _ = _synthetic_rows(work, balanced)
+    refs = json.loads((balanced / "balance.json").read_text()).get("selection", {}).get("reference_means", {})
+    samples = [{"label": r["label"], "sample_id": r["sample_id"], "donor_id": r["donor_id"],
+                "candidates": r["candidates"], "candidate_scores": r["candidate_scores"], "chosen": r["chosen"],
+                **{f: _value(r[f]) for f in EVIDENCE_FIELDS}} for _, r in syn.iterrows()]
     out: dict[str, dict[str, Any]] = {}
-    samples: list[dict[str, Any]] = []
-    for label, grp in syn.groupby("label"):
-        real_m = [masked_mean(load_npy(work / index.loc[sid, "image"]), load_npy(work / masks.loc[sid, "mask"]))
-                  for sid in _real_lesions(work, index, masks, str(label))]
-        ref = float(np.mean(real_m)) if real_m else None
-        rows = []
-        for _, r in grp.iterrows():
-            mask = load_npy(balanced / r["mask"])
-            img = np.asarray(Image.open(balanced / r["image"])).astype(np.float64) / 65535.0
-            donor = load_npy(work / index.loc[r["donor_id"], "image"])
-            score = r.get("class_score", "")
-            ev = sample_evidence(donor, img, mask, reference_mean=ref, class_score=float(score) if score else None)
-            rows.append({"label": str(label), "sample_id": r["sample_id"], "donor_id": r["donor_id"], **ev})
+    for label, ev in summarize(samples).items():
+        rows = [e for e in samples if e["label"] == label]
         d, s = float(np.mean([e["donor_mean"] for e in rows])), float(np.mean([e["synthetic_mean"] for e in rows]))
-        out[str(label)] = {**summarize(rows)[str(label)], "donor_mean": d, "synthetic_mean": s,
-                           "real_lesion_mean": ref if ref is not None else float("nan"), "shift": s - d,
-                           "expected_sign": float(np.sign(ref - d)) if ref is not None else 0.0,
-                           "moves_toward_real": ref is not None and abs(s - ref) < abs(d - ref)}
-        samples.extend(rows)
+        ref = refs.get(label)
+        out[label] = {**ev, "donor_mean": d, "synthetic_mean": s,
+                      "real_lesion_mean": ref if ref is not None else float("nan"), "shift": s - d,
+                      "expected_sign": float(np.sign(ref - d)) if ref is not None else 0.0,
+                      "moves_toward_real": ref is not None and abs(s - ref) < abs(d - ref)}
     return out, samples
+
+
+def _value(v: str) -> Any:
+    """A manifest cell back to a number / bool / None."""
+    if v in ("", None):
+        return None
+    if v in ("True", "False"):
+        return v == "True"
+    return float(v)
 
 
 def _zoom(img: np.ndarray, mask: np.ndarray, margin: float = 0.25) -> tuple[np.ndarray, np.ndarray]:

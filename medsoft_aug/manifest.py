@@ -17,6 +17,12 @@ Columns (``MANIFEST_COLUMNS``)::
     steps, guidance, eta   synthetic: DDIM sampling options
     format         png | nifti | dicom
     sha256         of the image file
+  synthetic rows only (``balance``; empty for real rows):
+    candidates, scorer, candidate_scores, chosen   post-selection (``--candidates K``): K, the scorer, every
+                   candidate's score (";"-separated, candidate order) and the index of the kept one
+    donor_mean, synthetic_mean, mean_change, contrast, toward_class, class_score   per-sample evidence
+                   (``generate.evidence``): what changed inside the mask against the donor, and the kept
+                   candidate's score
 
 Written atomically, once, when a run (or a shard) is complete; ``merge_manifests`` joins shard outputs with paths
 rebased to the merged file's folder.
@@ -42,7 +48,9 @@ from .errors import InputError, UsageError
 from .fsutil import atomic_write_csv, atomic_write_json
 
 MANIFEST_COLUMNS = ["sample_id", "patient_id", "split", "label", "origin", "image", "mask", "donor_id", "prompt",
-                    "seed", "model", "model_sha256", "steps", "guidance", "eta", "format", "sha256"]
+                    "seed", "model", "model_sha256", "steps", "guidance", "eta", "format", "sha256",
+                    "candidates", "scorer", "candidate_scores", "chosen", "donor_mean", "synthetic_mean",
+                    "mean_change", "contrast", "toward_class", "class_score"]
 LEDGER_FILE = ".ledger.jsonl"
 log = logging.getLogger("medsoft_aug.manifest")
 # Columns that may legitimately differ between two copies of the same row (paths depend on the folder).

@@ -24,3 +24,10 @@ def test_demo_chain_balances_and_lesions_move_toward_their_class(demo_run):
     assert inten["malignant"]["real_lesion_mean"] < inten["malignant"]["donor_mean"]
     assert inten["benign"]["synthetic_mean"] > inten["benign"]["donor_mean"], inten["benign"]
     assert inten["malignant"]["synthetic_mean"] < inten["malignant"]["donor_mean"], inten["malignant"]
+    # per sample (generate.evidence, recorded by balance in the manifest): "k of n moved toward their class"
+    for c in ("benign", "malignant"):
+        assert inten[c]["checked"] == inten[c]["n"] == counts[c] - res["counts_before"][c]
+        assert inten[c]["text"] == f"{inten[c]['k']} of {inten[c]['n']} moved toward their class"
+    demo_json = json.loads((out / "demo.json").read_text())
+    assert len(demo_json["samples"]) == res["generated"]
+    assert all(s["toward_class"] in (True, False) for s in demo_json["samples"])

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import Blend, Geometry, JsonOpt, OutputFormat, PromptMode, WorkArg, value
+from .options import Blend, Geometry, JsonOpt, OutputFormat, PromptMode, Scorer, WorkArg, value
 from .output import guarded, print_json, progress_reporter, torch_threads
 
 
@@ -82,6 +82,17 @@ def balance_command(
     resolution: Annotated[Optional[int], typer.Option(
         "--resolution", help="Model resolution in pixels. Default: the trained one (a warning if "
         "different).")] = None,
+    candidates: Annotated[int, typer.Option(
+        "--candidates", help="Post-selection: generate K candidates per planned sample (each its own seed) and "
+        "keep the one the scorer ranks best; a sample none of whose candidates reaches the floor is reported "
+        "(exit 4).")] = 1,
+    scorer: Annotated[Optional[Scorer], typer.Option(
+        "--scorer", help="feature (encoder-feature similarity to the class's real training lesions vs normal; "
+        "the default with --candidates > 1) or classifier (logistic regression on the real training split, "
+        "first-order intensity statistics inside the mask). Recorded with every candidate's score.")] = None,
+    min_score: Annotated[Optional[float], typer.Option(
+        "--min-score", help="Floor of the score a kept candidate needs (default: feature 0, classifier "
+        "0.5).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Balance every disease class by inpainting lesions into normal training images (Eq. 7-8)."""
@@ -96,12 +107,15 @@ def balance_command(
                       dry_run=dry_run, force=force, normal_class=normal_class, images_root=images,
                       base_model=base_model, blend=value(blend), max_synthetic=max_synthetic, scheduler=scheduler,
                       geometry=value(geometry), crop_margin=crop_margin, resolution=resolution,
+                      candidates=candidates, scorer=value(scorer), min_score=min_score,
                       on_progress=on_progress)
     if json_out or dry_run:
         print_json(res)
         return
     after = ", ".join(f"{c}: {res['counts_before'].get(c, 0)} -> {n}" for c, n in res["counts_after"].items())
     typer.echo(f"balance: {res['generated']} generated, {res['skipped']} already done ({after}) -> {res['manifest']}")
+    for c, ev in (res.get("evidence") or {}).items():
+        typer.echo(f"{c}: {ev['text']}")
 
 
 def register(app: typer.Typer) -> None:

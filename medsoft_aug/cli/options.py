@@ -60,6 +60,11 @@ class TrainDevice(str, Enum):
     cpu = "cpu"
 
 
+class Scorer(str, Enum):
+    feature = "feature"
+    classifier = "classifier"
+
+
 class PromptMode(str, Enum):
     auto = "auto"
     descriptions = "descriptions"

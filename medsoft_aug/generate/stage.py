@@ -92,6 +92,7 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
             base_model: Optional[str] = None, blend: str = "masked", max_synthetic: Optional[int] = None,
             geometry: Optional[str] = None, crop_margin: Optional[float] = None, resolution: Optional[int] = None,
             scheduler: str = "ddim",
+            candidates: int = 1, scorer: Optional[str] = None, min_score: Optional[float] = None,
             on_progress: ProgressFn = None) -> dict[str, Any]:
     """Balance every disease class of WORK's train split to ``target_ratio`` x normal by soft-mask inpainting.
 
@@ -99,11 +100,15 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
     WORK, model or OUT; nothing written), PartialFailure (some samples failed; the rest written and listed).
     ``base_model`` overrides MODEL_DIR's base (same hash), ``geometry`` / ``crop_margin`` / ``resolution`` its grid
     mapping (warned); ``blend``: Eq. 7's latent outside the mask, ``masked`` = VAE(I_m) or ``donor`` = VAE(x0);
-    ``scheduler``: ``ddim`` (paper) or a multistep solver (``dpmsolver++``, ``unipc``; see engine.SamplingOptions)."""
+    ``scheduler``: ``ddim`` (paper) or a multistep solver (``dpmsolver++``, ``unipc``; see engine.SamplingOptions).
+    ``candidates`` K > 1: K candidates per planned sample, the best by ``scorer`` (``feature`` by default, or
+    ``classifier``; see ``generate.select``) kept when its score reaches ``min_score`` (the scorer's default floor
+    when None); a sample none of whose candidates does is a failure. Every synthetic row carries its evidence."""
     # 1. Options, WORK and the plan (a dry run stops here: no model loaded, nothing written).
     work = Path(work)
     _check_options(output_format, blend, steps, batch_size, guidance, eta, geometry, crop_margin, resolution)
     _check_scheduler(scheduler, eta)
+    scorer = _check_selection(candidates, scorer)
     auto, root = (resolve_shard() if shard == "auto" else None), out        # --shard auto: see scaleout.py
     if auto is not None:
         shard, out = auto.spec, (None if out is None else shard_dir(Path(out), auto.k, auto.n))
@@ -122,7 +127,9 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
         opts = {"target_ratio": float(target_ratio), "classes": list(classes or []), "prompts": str(prompts or ""),
                 "prompt_mode": prompt_mode, "seed": int(seed), "steps": int(steps), "guidance": float(guidance),
                 "eta": float(eta), "blend": blend, "scheduler": scheduler, "output_format": output_format,
-                "shard": f"{k}/{n}", "normal_class": ncls, "geometry": _mapping(model_dir, geometry, crop_margin, resolution).to_dict()}
+                "shard": f"{k}/{n}", "normal_class": ncls, "geometry": _mapping(model_dir, geometry, crop_margin, resolution).to_dict(),
+                "candidates": int(candidates), "scorer": scorer or "",
+                "min_score": None if min_score is None else float(min_score)}
         fingerprint = {**opts, "model_sha256": model_sha, "plan_sha256": _plan_sha256(items)}
         consts = {"model": model_dir.name, "model_sha256": model_sha, "steps": str(int(steps)),
                   "guidance": repr(float(guidance)), "eta": repr(float(eta)), "format": output_format}
@@ -136,21 +143,23 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
         gen, load_s = _load_generator(todo, model_dir, device=device, batch_size=batch_size, steps=steps,
                                       guidance=guidance, eta=eta, base_model=base_model, blend=blend,
                                       mapping=opts["geometry"], scheduler=scheduler)
+        picker = None if gen is None else _picker(work, index, masks, ncls, gen, candidates, scorer, min_score)
         # 5. Real rows, then synthetic samples batch by batch (each batch appended to the resume ledger).
         job = _Job(work, index, masks, out, output_format, fmt_root, consts, on_progress, created=created)
-        generated, gen_s, failures = _write_outputs(job, gen, fingerprint, rows, todo, real_todo,
+        generated, gen_s, failures = _write_outputs(job, gen, picker, fingerprint, rows, todo, real_todo,
                                                     force or not prev)
         # 6. The run record, then manifest.csv (written once, last: it means the run has finished), summary.
         record = {**_record(fingerprint, opts, work, model_dir, plan, (k, n, len(items)), generated,
                             len(items) - len(todo), failures, (load_s, gen_s, time.time() - t0)),
-                  "warnings": warnings}
+                  "warnings": warnings, **_selection_record(picker, rows, items, generated, gen_s)}
         atomic_write_json(out / "balance.json", record)
         write_final_manifest(out, rows)
         summary = _summary(plan, items, record, out, generated=generated, skipped=len(items) - len(todo),
                            failures=failures.items)
         if not failures.items:
             summary = _merged(summary, auto, root)    # --shard auto: merge when every shard is complete
-        _raise_failures(failures, generated, len(items) - len(todo), len(todo), job, summary)
+        _raise_failures(failures, generated, len(items) - len(todo), len(todo), job, summary,
+                        rejected=picker.rejected if picker is not None else 0)
         return summary
 
 
@@ -218,6 +227,43 @@ def _check_scheduler(scheduler: str, eta: float) -> None:
         raise UsageError(f"--eta applies to --scheduler ddim only, got --eta {eta} with --scheduler {scheduler}")
 
 
+def _check_selection(candidates: int, scorer: Optional[str]) -> Optional[str]:
+    """The scorer to use: the given one, ``feature`` when K > 1 and none is given, else None (no scoring)."""
+    from .select import SCORERS
+
+    if candidates < 1:
+        raise UsageError(f"--candidates must be >= 1, got {candidates}")
+    if scorer is not None and scorer not in SCORERS:
+        raise UsageError(f"--scorer must be one of {', '.join(SCORERS)}, got {scorer!r}")
+    return scorer or ("feature" if candidates > 1 else None)
+
+
+def _picker(work: Path, index: pd.DataFrame, masks: pd.DataFrame, normal_class: str, gen: "Generator",
+            candidates: int, scorer: Optional[str], min_score: Optional[float]):
+    """References read once per run (training split) and, with a scorer, their features (``generate.select``)."""
+    from .select import Picker, Scorer, load_references
+
+    refs = load_references(work, index, masks, normal_class)
+    encoder = gen.trained.encoder if scorer == "feature" else None
+    if scorer == "feature" and encoder is None:
+        raise ModelError("--scorer feature needs the model's medical encoder; use --scorer classifier")
+    return Picker(refs, candidates, Scorer(scorer, encoder, refs, min_score) if scorer else None)
+
+
+def _selection_record(picker, rows: dict[str, dict], items: list[PlanItem], generated: int,
+                      gen_s: float) -> dict[str, Any]:
+    """balance.json's ``selection`` (scorer, K, floor, references) and ``evidence`` ("k of n" per class)."""
+    from .evidence import summarize
+
+    ids = {it.sample_id for it in items}
+    syn = [r for sid, r in rows.items() if sid in ids and r.get("origin") == "synthetic"]
+    out: dict[str, Any] = {"evidence": summarize(syn)}
+    if picker is not None:
+        out["selection"] = {**picker.describe(),
+                            "seconds_per_kept_sample": round(gen_s / generated, 4) if generated else None}
+    return out
+
+
 def _check_targets(work: Path, model: Optional[str | Path], out: Optional[str | Path], output_format: str,
                    images_root: Optional[str | Path]) -> tuple[Path, Path, Optional[Path]]:
     """(MODEL_DIR, OUT, source image root) of a real run, checked."""
@@ -253,7 +299,7 @@ class _Job:
     ledger: Optional[Ledger] = None
 
 
-def _write_outputs(job: _Job, gen: Optional[Generator], fingerprint: dict, rows: dict[str, dict],
+def _write_outputs(job: _Job, gen: Optional[Generator], picker, fingerprint: dict, rows: dict[str, dict],
                    todo: list[PlanItem], real_todo: list[str], reset: bool) -> tuple[int, float, FailureList]:
     """Create OUT (temp files of a killed run removed, manifest.csv removed: the run is not complete), open the
     resume ledger (``reset``: a new one, holding ``rows``), copy the real rows, then generate ``todo``; an OUT
@@ -274,7 +320,7 @@ def _write_outputs(job: _Job, gen: Optional[Generator], fingerprint: dict, rows:
             if gen is None:
                 return 0, 0.0, failures
             t0 = time.time()
-            generated = _generate(job, gen, todo, rows, failures)
+            generated = _generate(job, gen, picker, todo, rows, failures)
             return generated, time.time() - t0, failures
     except BaseException:
         if job.created and not any(r.get("origin") == "synthetic" for r in rows.values()):
@@ -282,16 +328,22 @@ def _write_outputs(job: _Job, gen: Optional[Generator], fingerprint: dict, rows:
         raise
 
 
-def _generate(job: _Job, gen: Generator, todo: list[PlanItem], rows: dict[str, dict],
+def _generate(job: _Job, gen: Generator, picker, todo: list[PlanItem], rows: dict[str, dict],
               failures: FailureList) -> int:
-    """Inpaint ``todo`` batch by batch; write each sample, then append the batch to the ledger (only whole
-    batches are listed). Adds rows and failures in place; returns the number of samples generated."""
+    """Inpaint ``todo`` batch by batch (K candidates per planned sample, each with its own seed, in the same
+    engine batch of about ``batch_size`` rows); keep each sample's chosen candidate and write it, then append
+    the batch to the ledger (only whole batches are listed). Adds rows and failures in place; returns the
+    number of samples generated."""
+    from .select import candidate_seed
+
     by_id = job.index.set_index("sample_id", drop=False)
     mask_of = dict(zip(job.masks["sample_id"], job.masks["mask"]))
-    generated, n_batches = 0, -(-len(todo) // gen.batch_size)
+    generated, k = 0, picker.k
+    per_batch = max(1, gen.batch_size // k)
+    n_batches = -(-len(todo) // per_batch)
     report(job.on_progress, "balance", 0, len(todo))
-    for start in range(0, len(todo), gen.batch_size):
-        batch = todo[start:start + gen.batch_size]
+    for start in range(0, len(todo), per_batch):
+        batch = todo[start:start + per_batch]
         ok, pairs = [], []
         for it in batch:
             try:
@@ -299,14 +351,22 @@ def _generate(job: _Job, gen: Generator, todo: list[PlanItem], rows: dict[str, d
                 ok.append(it)
             except InputError as e:
                 failures.add(it.sample_id, str(e))
-        on_step = batch_steps(job.on_progress, "balance: denoising steps", start // gen.batch_size, n_batches)
-        outs = gen.inpaint([p[0] for p in pairs], [p[1] for p in pairs], [it.prompt for it in ok],
-                           [it.seed for it in ok], on_step) if ok else []
+        on_step = batch_steps(job.on_progress, "balance: denoising steps", start // per_batch, n_batches)
+        outs = gen.inpaint([p[0] for p in pairs for _ in range(k)], [p[1] for p in pairs for _ in range(k)],
+                           [it.prompt for it in ok for _ in range(k)],
+                           [candidate_seed(it.seed, j) for it in ok for j in range(k)], on_step) if ok else []
         new = {}
-        for it, img, (_, msk) in zip(ok, outs, pairs):
+        for i, (it, (donor, msk)) in enumerate(zip(ok, pairs)):
+            used = gen.used_mask(msk)                                 # the mask generation used (w/o SMIS: hard)
+            pick = picker.pick(it.label, donor, used, outs[i * k:(i + 1) * k])
+            if pick.chosen is None:
+                picker.rejected += 1
+                failures.add(it.sample_id, f"none of its {k} candidates reached the {picker.scorer.kind} scorer's "
+                             f"floor {picker.scorer.floor:g} (scores {pick.fields['candidate_scores']})")
+                continue
             try:
-                new[it.sample_id] = _write_sample(it, img, gen.used_mask(msk), by_id.loc[it.donor_id].to_dict(),
-                                                  job)
+                row = _write_sample(it, outs[i * k + pick.chosen], used, by_id.loc[it.donor_id].to_dict(), job)
+                new[it.sample_id] = {**row, **pick.fields}
             except InputError as err:
                 failures.add(it.sample_id, str(err))
         job.ledger.append(new.values())                   # O(batch), durable before the next batch starts
@@ -354,11 +414,12 @@ def _record(fingerprint: dict, opts: dict, work: Path, model_dir: Path, plan: Ba
 
 
 def _raise_failures(failures: FailureList, generated: int, skipped: int, n_todo: int, job: _Job,
-                    summary: dict[str, Any]) -> None:
-    """InputError when nothing could be made (a new OUT is removed), PartialFailure when some samples failed."""
+                    summary: dict[str, Any], rejected: int = 0) -> None:
+    """InputError when nothing could be made for bad inputs (a new OUT is removed), PartialFailure when some
+    samples failed or were rejected by the selection floor (``rejected`` of the failures; all listed)."""
     if not failures:
         return
-    if generated == 0 and not skipped:
+    if generated == 0 and not skipped and rejected < len(failures):
         if job.created:
             shutil.rmtree(job.out, ignore_errors=True)
         raise InputError(f"no synthetic sample could be made; first: {failures.items[0]}")
@@ -509,4 +570,5 @@ def _summary(plan: BalancePlan, items: list[PlanItem], record: dict, out: Path, 
             "to_generate": plan.to_generate, "counts_after": plan.counts_after,
             "shard": record.get("options", {}).get("shard", ""), "in_shard": len(items), "generated": generated,
             "skipped": skipped, "failed": len(failures), "timings": record.get("timings", {}),
-            "images_per_s": record.get("images_per_s"), "warnings": record.get("warnings", [])}
+            "images_per_s": record.get("images_per_s"), "warnings": record.get("warnings", []),
+            "evidence": record.get("evidence", {}), "selection": record.get("selection")}
