@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import types
 import json
 from pathlib import Path
 
@@ -57,3 +58,16 @@ def test_class_balanced_rows_draw_each_label_equally(tool):
     bal = rows.balanced()
     labels = [bal[i]["label"] for i in range(len(bal))]
     assert labels.count("benign") == labels.count("normal") == 4
+
+
+def test_word_dropout_keeps_order_and_at_least_one_word(tool):
+    task = types.SimpleNamespace(word_dropout=0.5)
+    text = "ill defined T2 dark lesion in the L1 vertebral body"
+    outs = [tool.BaseFitTask._words(task, text, torch.Generator().manual_seed(s)) for s in range(20)]
+    words = text.split()
+    for o in outs:
+        kept = o.split()
+        assert kept and all(w in words for w in kept)
+        assert [words.index(w) for w in kept] == sorted(words.index(w) for w in kept)   # order kept
+    assert len(set(outs)) > 5 and any(len(o.split()) < len(words) for o in outs)
+    assert tool.BaseFitTask._words(types.SimpleNamespace(word_dropout=0.0), text, torch.Generator()) == text

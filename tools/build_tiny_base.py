@@ -160,8 +160,9 @@ class BaseFitTask:
     name = "tiny_unet"
 
     def __init__(self, model: BaseModel, lesion_weight: float = 4.0, spot_weight: float = 8.0,
-                 min_snr: float = 5.0, p_uncond: float = 0.1, ema_decay: float = 0.995):
+                 min_snr: float = 5.0, p_uncond: float = 0.1, ema_decay: float = 0.995, word_dropout: float = 0.0):
         self.model, self.p_uncond, self.ema_decay = model, p_uncond, ema_decay
+        self.word_dropout = word_dropout
         self.lesion_weight, self.spot_weight, self.min_snr = lesion_weight, spot_weight, min_snr
         self.unet, self.te = model.unet, model.text_encoder
         for m in (self.unet, self.te):
@@ -198,13 +199,24 @@ class BaseFitTask:
         eps = torch.randn(z0.shape, generator=g)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
         drop = torch.rand(len(idx), generator=g) < self.p_uncond
-        prompts = ["" if d else text for text, d in zip(batch["text"], drop)]
+        prompts = ["" if d else self._words(text, g) for text, d in zip(batch["text"], drop)]
         ids = self.model.tokenizer(prompts, padding="max_length", max_length=77, truncation=True,
                                    return_tensors="pt").input_ids
         pred = self.unet(sched.add_noise(z0, eps, t), t, self.te(ids)[0]).sample
         w = self.weight[idx]
         loss = (((pred - eps) ** 2 * w).mean(dim=(1, 2, 3)) / w.mean(dim=(1, 2, 3)) * self.t_weight[t]).mean()
         return loss, {"loss": float(loss.detach())}
+
+    def _words(self, text: str, g: torch.Generator) -> str:
+        """``text`` with each word dropped with probability ``word_dropout`` (at least one kept), so that the
+        text encoder learns what single words (bright, hypointense, ...) mean rather than whole sentences."""
+        words = text.split()
+        if self.word_dropout <= 0 or len(words) < 2:
+            return text
+        keep = (torch.rand(len(words), generator=g) >= self.word_dropout).tolist()
+        if not any(keep):
+            keep[int(torch.randint(0, len(words), (1,), generator=g))] = True
+        return " ".join(w for w, k in zip(words, keep) if k)
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
@@ -352,7 +364,7 @@ def _fit_vae(model: BaseModel, data: Rows, args, tmp: Path) -> list[float]:
 
 def _fit_unet(model: BaseModel, data: Rows, args, tmp: Path) -> list[float]:
     task = BaseFitTask(model, lesion_weight=args.lesion_weight, spot_weight=args.spot_weight,
-                       p_uncond=args.p_uncond)
+                       p_uncond=args.p_uncond, word_dropout=args.word_dropout)
     losses = train(task, data.balanced() if args.class_balance else data, args.unet_steps, args.batch, args.lr,
                    args.seed, tmp / "unet")
     task.finish()
@@ -441,6 +453,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--lesion-weight", type=float, default=4.0, help="extra loss weight on the soft mask m_b")
     ap.add_argument("--spot-weight", type=float, default=8.0, help="extra loss weight at the lesion centre")
     ap.add_argument("--p-uncond", type=float, default=0.1, help="share of rows trained with the empty text")
+    ap.add_argument("--word-dropout", type=float, default=0.0,
+                    help="drop each word of a training description with this probability")
     ap.add_argument("--class-balance", action="store_true", help="draw each label equally often")
     ap.add_argument("--eval-guidance", type=float, default=15.0, help="CFG scale of the inpainting check")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core CPU)")
