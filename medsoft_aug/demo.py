@@ -46,6 +46,8 @@ DEMO_GUIDANCE = 15.0
 # around the mask it sees lesions at a scale it never learned and, measured on sample_data, malignant lesions
 # come out brighter than their donors (mean inside the mask 0.345 vs 0.319) instead of darker.
 DEMO_GEOMETRY = "pad"
+# Post-selection in the demo (balance --candidates K --scorer classifier): see the README ("Does it help?").
+DEMO_CANDIDATES = 3
 
 
 def find_sample_data(out: Path, on_progress: ProgressFn = None) -> Path:
@@ -158,6 +160,7 @@ def _contact_sheet(work: Path, balanced: Path, path: Path, samples: list[dict[st
 
 def demo(out: str | Path = "demo_out", *, train_steps: int = 300, steps: int = 50, guidance: float = DEMO_GUIDANCE,
          seed: int = 0, device: str = "cpu", threads: Optional[int] = 1, blend: str = "donor",
+         candidates: int = DEMO_CANDIDATES, scorer: str = "classifier",
          on_progress: ProgressFn = None) -> dict[str, Any]:
     """Run ingest -> masks -> train -> balance (ratio 1.0) on the sample data into ``out``; return a summary.
 
@@ -168,6 +171,8 @@ def demo(out: str | Path = "demo_out", *, train_steps: int = 300, steps: int = 5
     threads were 6x slower, 3 min 44 s vs 36 s; None = torch's default). ``blend``: Eq. 7's kept latent,
     ``donor`` = VAE(x0) by default here: with the paper's VAE(I_m) (``masked``, the ``balance`` default) the tiny
     model darkens every inpainted region whatever the class (measured; see engine.SamplingOptions).
+    ``candidates``/``scorer``: ``balance``'s post-selection (``DEMO_CANDIDATES``), with floor 0 so that every
+    planned sample is kept (the per-sample check then says how many are right).
     """
     import torch
 
@@ -175,13 +180,14 @@ def demo(out: str | Path = "demo_out", *, train_steps: int = 300, steps: int = 5
     if threads:
         torch.set_num_threads(int(threads))
     try:
-        return _demo(Path(out), train_steps, steps, guidance, seed, device, blend, on_progress)
+        return _demo(Path(out), train_steps, steps, guidance, seed, device, blend, (candidates, scorer),
+                     on_progress)
     finally:
         torch.set_num_threads(n_threads)
 
 
 def _demo(out: Path, train_steps: int, steps: int, guidance: float, seed: int, device: str, blend: str,
-          on_progress: ProgressFn) -> dict[str, Any]:
+          selection: tuple[int, str], on_progress: ProgressFn) -> dict[str, Any]:
     from . import api
 
     out.mkdir(parents=True, exist_ok=True)
@@ -206,7 +212,8 @@ def _demo(out: Path, train_steps: int, steps: int, guidance: float, seed: int, d
     lap("train", t)
     t = time.time()
     res = api.balance(work, model, balanced, target_ratio=1.0, steps=steps, guidance=guidance, seed=seed,
-                      device=device, blend=blend, on_progress=on_progress)
+                      device=device, blend=blend, candidates=selection[0],
+                      scorer=selection[1] if selection[0] > 1 else None, min_score=0.0, on_progress=on_progress)
     lap("balance", t)
     t = time.time()
     if not (balanced / "manifest.csv").is_file():
@@ -217,7 +224,9 @@ def _demo(out: Path, train_steps: int, steps: int, guidance: float, seed: int, d
     summary = {"out": str(out), "sample_data": str(data), "work": str(work), "model": str(model),
                "manifest": str(balanced / "manifest.csv"), "contact_sheet": str(sheet),
                "counts_before": res["counts_before"], "counts_after": res["counts_after"],
-               "generated": res["generated"], "blend": blend, "guidance": guidance, "intensity_inside_mask": intensity,
+               "generated": res["generated"], "blend": blend, "guidance": guidance,
+               "candidates": selection[0], "scorer": selection[1] if selection[0] > 1 else None,
+               "intensity_inside_mask": intensity,
                "samples": samples, "timings_s": times, "total_s": round(time.time() - t0, 2)}
     atomic_write_json(out / "demo.json", summary)
     return summary

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import Blend, JsonOpt, value
+from .options import Blend, JsonOpt, Scorer, value
 from .output import STATE, guarded, print_json, progress_reporter
 
 DEMO_THREADS = 1
@@ -32,6 +32,12 @@ def demo_command(
     blend: Annotated[Blend, typer.Option(
         "--blend", help="Eq. 7 latent kept outside the mask: donor = VAE(x0) (demo default) or masked = VAE(I_m) "
         "(the paper's text and the `balance` default; on the tiny model it darkens every lesion).")] = Blend.donor,
+    candidates: Annotated[int, typer.Option(
+        "--candidates", help="balance's post-selection: K candidates per planned sample, the best kept (1 = "
+        "none).")] = 3,
+    scorer: Annotated[Scorer, typer.Option(
+        "--scorer", help="Scorer of the candidates: classifier (demo default: logistic regression on the real "
+        "training split) or feature (the tiny encoder's features).")] = Scorer.classifier,
     json_out: JsonOpt = False,
 ) -> None:
     """Ingest -> masks -> train (tiny) -> balance to ratio 1.0 on sample_data/, with a donor | mask | synthetic
@@ -42,7 +48,8 @@ def demo_command(
     threads = DEMO_THREADS if STATE["threads"] is None else STATE["threads"] or None     # 0: torch's choice
     with progress_reporter() as on_progress:
         res = demo(out, train_steps=train_steps or max_steps, steps=steps, guidance=guidance, seed=seed,
-                   device=device, threads=threads, blend=value(blend), on_progress=on_progress)
+                   device=device, threads=threads, blend=value(blend), candidates=candidates,
+                   scorer=value(scorer), on_progress=on_progress)
     if json_out:
         print_json(res)
         return
