@@ -37,10 +37,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from ..errors import InputError
 from ..fsutil import load_npy
-from .engine import to_model_grid
 from .evidence import masked_mean
 
 log = logging.getLogger("medsoft_aug.generate.select")
@@ -69,7 +69,8 @@ def lesion_crop(image: np.ndarray, mask: np.ndarray, size: int = CROP_PX, margin
         y1 = int(min(image.shape[0], round(cy + half) + 1))
         x1 = int(min(image.shape[1], round(cx + half) + 1))
         image = image[y0:y1, x0:x1]
-    return to_model_grid(np.asarray(image, np.float32), size).clamp(0, 1)
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
 @dataclass
