@@ -39,6 +39,12 @@ def balance_command(
         "--scheduler", help="ddim (the paper's, default), or a multistep solver for fewer UNet evaluations: "
         "dpmsolver++ or unipc (e.g. --steps 20; see bench/RESULTS.md for their measured quality vs 50-step "
         "DDIM). The Eq. 7 blend is done at the solver's own timesteps.")] = "ddim",
+    dtype: Annotated[str, typer.Option(
+        "--dtype", help="Weights of UNet/VAE: auto (CUDA fp16, CPU fp32), fp32, fp16 or bf16.")] = "auto",
+    channels_last: Annotated[bool, typer.Option(
+        "--channels-last", help="UNet and VAE in channels_last memory format (faster convolutions on CUDA).")] = False,
+    compile_unet: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile the UNet (first batch of each size compiles; later ones reuse it).")] = False,
     eta: Annotated[float, typer.Option("--eta", help="DDIM eta (0 = deterministic; >0 adds sigma_t z, Eq. 8).")] = 0.0,
     batch_size: Annotated[int, typer.Option(
         "--batch-size", help="Samples per batch (each with its own mask, prompt, e_MSC, seed).")] = 8,
@@ -106,6 +112,7 @@ def balance_command(
                       batch_size=batch_size, device=device, output_format=value(output_format), shard=shard,
                       dry_run=dry_run, force=force, normal_class=normal_class, images_root=images,
                       base_model=base_model, blend=value(blend), max_synthetic=max_synthetic, scheduler=scheduler,
+                      dtype=dtype, channels_last=channels_last, compile_unet=compile_unet,
                       geometry=value(geometry), crop_margin=crop_margin, resolution=resolution,
                       candidates=candidates, scorer=value(scorer), min_score=min_score,
                       on_progress=on_progress)

@@ -19,6 +19,7 @@ from ..errors import UsageError
 from ..geometry import GridMapping, View, mapping_for_model
 from ..masks.soften import apply_mask_mode
 from .engine import InpaintEngine, SamplingOptions, resolve_device
+from .fastpath import FastPath, apply_fast_path, weight_dtype
 
 log = logging.getLogger("medsoft_aug.generate.runner")
 
@@ -31,10 +32,11 @@ class Generator:
     def __init__(self, model_dir: Optional[Path], *, device: str = "auto", batch_size: int = 8, steps: int = 50,
                  guidance: float = 7.5, eta: float = 0.0, trained: Any = None, base_model: Optional[str] = None,
                  blend: str = "masked", mapping: Optional[GridMapping] = None,
-                 scheduler: str = "ddim"):
+                 scheduler: str = "ddim", fast: Optional[FastPath] = None):
         from ..models.modeldir import load_model_dir
 
         self.device, self.dtype = resolve_device(device)
+        self.dtype = weight_dtype(fast, self.dtype)                                # --dtype (fastpath.py)
         self.trained = trained if trained is not None else \
             load_model_dir(Path(model_dir), device=self.device, dtype=self.dtype, base_model=base_model)
         base = self.trained.base
@@ -43,6 +45,7 @@ class Generator:
         if self.mapping.resolution % multiple:
             raise UsageError(f"--resolution must be a multiple of {multiple} for this base model, "
                              f"got {self.mapping.resolution}")
+        apply_fast_path(base.unet, base.vae, fast)                                 # --channels-last, --compile
         self.engine = InpaintEngine(base.unet, base.vae, base.inference_scheduler(), self.mapping.resolution)
         self.mask_mode = str(self.trained.meta.get("mask_mode", "soft"))         # recorded by train
         self.opts = SamplingOptions(steps=int(steps), guidance=float(guidance), eta=float(eta), blend=blend,

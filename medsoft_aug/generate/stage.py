@@ -56,6 +56,7 @@ from ..progress import ProgressFn, batch_steps, report
 from ..versions import package_versions
 from ..workdir import check_work, images_root_of, load_pair, normal_class_of
 from .plan import BalancePlan, PlanItem, parse_shard, plan_balance
+from .fastpath import FastPath
 from .prompts import load_prompts
 from .scaleout import AutoShard, finish_shard, resolve_shard, shard_dir
 from .writers import FORMATS, seg_path, synthetic_paths, write_image, write_png16
@@ -91,7 +92,7 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
             normal_class: Optional[str] = None, images_root: Optional[str | Path] = None,
             base_model: Optional[str] = None, blend: str = "masked", max_synthetic: Optional[int] = None,
             geometry: Optional[str] = None, crop_margin: Optional[float] = None, resolution: Optional[int] = None,
-            scheduler: str = "ddim",
+            scheduler: str = "ddim", dtype: str = "auto", channels_last: bool = False, compile_unet: bool = False,
             candidates: int = 1, scorer: Optional[str] = None, min_score: Optional[float] = None,
             on_progress: ProgressFn = None) -> dict[str, Any]:
     """Balance every disease class of WORK's train split to ``target_ratio`` x normal by soft-mask inpainting.
@@ -100,7 +101,9 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
     WORK, model or OUT; nothing written), PartialFailure (some samples failed; the rest written and listed).
     ``base_model`` overrides MODEL_DIR's base (same hash), ``geometry`` / ``crop_margin`` / ``resolution`` its grid
     mapping (warned); ``blend``: Eq. 7's latent outside the mask, ``masked`` = VAE(I_m) or ``donor`` = VAE(x0);
-    ``scheduler``: ``ddim`` (paper) or a multistep solver (``dpmsolver++``, ``unipc``; see engine.SamplingOptions).
+    ``scheduler``: ``ddim`` (paper) or a multistep solver (``dpmsolver++``, ``unipc``; see engine.SamplingOptions);
+    ``dtype`` / ``channels_last`` / ``compile_unet``: engine fast-path options (``fastpath.FastPath``), not part
+    of the fingerprint (outputs equal within the tolerances tested), recorded in balance.json's ``engine``.
     ``candidates`` K > 1: K candidates per planned sample, the best by ``scorer`` (``feature`` by default, or
     ``classifier``; see ``generate.select``) kept when its score reaches ``min_score`` (the scorer's default floor
     when None); a sample none of whose candidates does is a failure. Every synthetic row carries its evidence."""
@@ -109,6 +112,7 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
     _check_options(output_format, blend, steps, batch_size, guidance, eta, geometry, crop_margin, resolution)
     _check_scheduler(scheduler, eta)
     scorer = _check_selection(candidates, scorer)
+    (fast := FastPath(dtype=dtype, channels_last=channels_last, compile=compile_unet)).check()
     auto, root = (resolve_shard() if shard == "auto" else None), out        # --shard auto: see scaleout.py
     if auto is not None:
         shard, out = auto.spec, (None if out is None else shard_dir(Path(out), auto.k, auto.n))
@@ -142,7 +146,7 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
         t0 = time.time()
         gen, load_s = _load_generator(todo, model_dir, device=device, batch_size=batch_size, steps=steps,
                                       guidance=guidance, eta=eta, base_model=base_model, blend=blend,
-                                      mapping=opts["geometry"], scheduler=scheduler)
+                                      mapping=opts["geometry"], scheduler=scheduler, fast=fast)
         picker = None if gen is None else _picker(work, index, masks, ncls, gen, candidates, scorer, min_score)
         # 5. Real rows, then synthetic samples batch by batch (each batch appended to the resume ledger).
         job = _Job(work, index, masks, out, output_format, fmt_root, consts, on_progress, created=created)
@@ -151,7 +155,8 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
         # 6. The run record, then manifest.csv (written once, last: it means the run has finished), summary.
         record = {**_record(fingerprint, opts, work, model_dir, plan, (k, n, len(items)), generated,
                             len(items) - len(todo), failures, (load_s, gen_s, time.time() - t0)),
-                  "warnings": warnings, **_selection_record(picker, rows, items, generated, gen_s)}
+                  "warnings": warnings, "engine": fast.to_dict(),
+                  **_selection_record(picker, rows, items, generated, gen_s)}
         atomic_write_json(out / "balance.json", record)
         write_final_manifest(out, rows)
         summary = _summary(plan, items, record, out, generated=generated, skipped=len(items) - len(todo),
