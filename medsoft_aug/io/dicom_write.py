@@ -41,6 +41,12 @@ import numpy as np
 from .dicom_pixels import attr, floats, rescale, stored_range
 
 
+def _values(value: Any, max_values: int) -> Optional[list]:
+    """The attribute's values as a list, or None when there are none or more than ``max_values``."""
+    values = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+    return values if 1 <= len(values) <= max_values else None
+
+
 @dataclass(frozen=True)
 class Number:
     """A numeric attribute: every value parsed, finite and in [lo, hi]; re-encoded as DS or IS."""
@@ -51,9 +57,8 @@ class Number:
     max_values: int = 1
 
     def check(self, value: Any) -> Optional[list]:
-        values = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" \
-            else [value]
-        if not 1 <= len(values) <= self.max_values:
+        values = _values(value, self.max_values)
+        if values is None:
             return None
         out = []
         for v in values:
@@ -75,9 +80,8 @@ class Terms:
     max_values: int = 1
 
     def check(self, value: Any) -> Optional[list]:
-        values = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" \
-            else [value]
-        if not 1 <= len(values) <= self.max_values:
+        values = _values(value, self.max_values)
+        if values is None:
             return None
         out = [str(v).strip().upper() for v in values]
         return out if all(v in self.terms for v in out) else None
