@@ -1,17 +1,24 @@
-"""Generation throughput: medsoft-aug's batched soft-mask DDIM engine vs diffusers' stock
-StableDiffusionInpaintPipeline, same weights, same decoupled processors, same run.
+"""Generation throughput and quality, one run: medsoft-aug's engine (paper settings, each fast option, each solver
+preset) vs diffusers' stock StableDiffusionInpaintPipeline with the same weights and decoupled processors.
 
-SD1.5-shaped random weights (UNet 320/640/1280/1280 with 16 decoupled cross-attention layers installed by
-``medsoft_aug.models.adapter.install_adapter``; SD VAE), 512x512, 50 DDIM steps, CFG 7.5, a soft mask per sample,
-fp16 on CUDA. Random weights are fine for timing. Prints one JSON line per measurement and a table; writes
+Default (GPU): SD1.5-shaped random weights (UNet 320/640/1280/1280 with 16 decoupled cross-attention layers
+installed by ``medsoft_aug.models.adapter.install_adapter``; SD VAE), 512x512, CFG 7.5, a soft mask per sample,
+the device's default dtype (fp16 on CUDA). Random weights time correctly but make the quality columns a check of
+numerical agreement only. ``--tiny``: the shipped fitted tiny base model (``load_base_model("tiny")``, 64 px), on
+a CPU, where the quality columns mean something (a trained model's own trajectories).
+
+Every variant runs the same donors, masks, prompts and seeds. Quality: PSNR and SSIM inside the mask (soft mask
+as weights; ``medsoft_aug.evaluate.metrics``) of each variant's output against the eager fp32 engine at the paper's
+50 DDIM steps ("reference"). Speed: median seconds per batch after a warm-up, img/s, peak CUDA memory, and the
+ratio to the stock pipeline at the same batch size. Prints one JSON line per variant and a table; writes
 ``$OUT/balance_gpu.json`` when OUT is set.
 
-Usage: python bench/balance_gpu.py [--tiny] [--batches 1,8,16] [--budget SECONDS] [--compile]
-``--tiny``: the tiny architecture at 64 px and 5 steps, for a CPU check that everything runs.
+Usage: python bench/balance_gpu.py [--tiny] [--batch 16] [--reps 2] [--no-compile] [--presets dpmsolver++:20,...]
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -22,23 +29,29 @@ import torch
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--tiny", action="store_true")
-ap.add_argument("--batches", default="1,8,16")
-ap.add_argument("--budget", type=float, default=420.0, help="stop starting new measurements after this many s")
-ap.add_argument("--compile", action="store_true", help="also time both with torch.compile + channels_last")
+ap.add_argument("--batch", type=int, default=None, help="batch size (default 16 on CUDA, 4 with --tiny)")
+ap.add_argument("--reps", type=int, default=2, help="timed repetitions per variant (median)")
+ap.add_argument("--steps", type=int, default=50, help="DDIM steps at paper settings")
+ap.add_argument("--presets", default="ddim:20,dpmsolver++:20,unipc:20,ddim:10,dpmsolver++:10,unipc:10",
+                help="scheduler:steps, comma separated (ddim:N is plain DDIM with fewer steps, for comparison)")
+ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant (default off on CPU)")
+ap.add_argument("--budget", type=float, default=420.0, help="stop starting new variants after this many s")
 a = ap.parse_args()
 T0 = time.time()
 
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline  # noqa: E402
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel  # noqa: E402
 from diffusers.image_processor import VaeImageProcessor  # noqa: E402
 
+from medsoft_aug.evaluate.metrics import psnr, ssim  # noqa: E402
 from medsoft_aug.generate.engine import InpaintEngine, SamplingOptions  # noqa: E402
+from medsoft_aug.generate.fastpath import FastPath, apply_fast_path  # noqa: E402
 from medsoft_aug.models.adapter import install_adapter  # noqa: E402
-from medsoft_aug.models.base import sd15_unet_config  # noqa: E402
 
 dev = "cuda" if torch.cuda.is_available() else "cpu"
 dt = torch.float16 if dev == "cuda" else torch.float32
+bs = a.batch or (16 if dev == "cuda" and not a.tiny else 4)
 res: dict = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
-             "dtype": str(dt)}
+             "default_dtype": str(dt), "batch": bs, "threads": torch.get_num_threads()}
 
 
 def sync() -> None:
@@ -46,120 +59,161 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-if a.tiny:
-    from diffusers import UNet2DConditionModel
+def build():
+    """(unet, vae, scheduler, resolution, prompt embeddings (B, L, C), uncond (1, L, C), msc_dim), fp32 on CPU."""
+    torch.manual_seed(0)
+    if a.tiny:
+        from medsoft_aug.models.base import load_base_model
 
-    ucfg = dict(sample_size=32, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-                cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
-    vcfg = dict(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-                up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8)
-    H, steps, msc_dim = 64, 5, 16
-else:
-    from diffusers import UNet2DConditionModel
+        base = load_base_model("tiny")
+        msc_dim = 16
+        install_adapter(base.unet, msc_dim, 1.0)
+        texts = ["bright round lesion", "dark irregular lesion"] * bs
+        pe, unc = base.encode_prompt(texts[:bs]).float(), base.encode_prompt([""]).float()
+        return base.unet, base.vae, base.inference_scheduler(), base.resolution, pe, unc, msc_dim
+    from medsoft_aug.models.base import sd15_unet_config
 
-    ucfg = sd15_unet_config()
-    vcfg = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, sample_size=512)
-    H, steps, msc_dim = 512, 50, 512
-xdim = ucfg["cross_attention_dim"]
-torch.manual_seed(0)
-unet = UNet2DConditionModel(**ucfg)
-res["decoupled_cross_attn_layers"] = install_adapter(unet, msc_dim, 1.0)
-vae = AutoencoderKL(in_channels=3, out_channels=3, **vcfg)
-unet, vae = unet.to(dev, dt).eval().requires_grad_(False), vae.to(dev, dt).eval().requires_grad_(False)
-sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                      set_alpha_to_one=False, steps_offset=1)
-engine = InpaintEngine(unet, vae, sched, H)
-pipe = StableDiffusionInpaintPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=sched,
-                                      safety_checker=None, feature_extractor=None, image_encoder=None,
-                                      requires_safety_checker=False)
-pipe.mask_processor = VaeImageProcessor(vae_scale_factor=pipe.vae_scale_factor, do_normalize=False,
-                                        do_binarize=False, do_convert_grayscale=True)
-pipe.set_progress_bar_config(disable=True)
-
-rng = np.random.default_rng(0)
+    unet = UNet2DConditionModel(**sd15_unet_config())
+    install_adapter(unet, 512, 1.0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 512),
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        latent_channels=4, sample_size=512)
+    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                          set_alpha_to_one=False, steps_offset=1)
+    g = torch.Generator().manual_seed(1)
+    return unet, vae, sched, 512, torch.randn(bs, 77, 768, generator=g), torch.randn(1, 77, 768, generator=g), 512
 
 
-def inputs(bs: int):
+UNET, VAE, SCHED, H, PE, UNC, MSC = build()
+UNET, VAE = UNET.eval().requires_grad_(False), VAE.eval().requires_grad_(False)
+res["resolution"] = H
+
+
+def inputs():
+    rng = np.random.default_rng(0)
+    from scipy import ndimage
+
     yy, xx = np.mgrid[0:H, 0:H]
-    donors = [rng.uniform(0.1, 0.9, (H, H)).astype(np.float32) for _ in range(bs)]
-    masks = []
+    donors, masks = [], []
     for _ in range(bs):
-        cy, cx = rng.uniform(0.3, 0.7, 2) * H
+        d = ndimage.gaussian_filter(rng.uniform(0, 1, (H, H)), H / 32)
+        donors.append(((d - d.min()) / (np.ptp(d) + 1e-8) * 0.6 + 0.2).astype(np.float32))
+        cy, cx = rng.uniform(0.35, 0.65, 2) * H
         masks.append(np.clip(1.5 - np.hypot(yy - cy, xx - cx) / (0.12 * H), 0, 1).astype(np.float32))
-    pe = torch.randn(bs, 77, xdim, device=dev, dtype=dt)
-    e = torch.randn(bs, msc_dim, device=dev, dtype=dt)
-    return donors, masks, pe, e
+    e = torch.from_numpy(rng.standard_normal((bs, MSC)).astype(np.float32))
+    return donors, masks, e, [1000 + i for i in range(bs)]
 
 
-def run_engine(bs: int) -> float:
-    donors, masks, pe, e = inputs(bs)
-    sync()
-    t = time.time()
-    engine.inpaint(donors, masks, pe, torch.zeros_like(pe[:1]), e, list(range(bs)),
-                   SamplingOptions(steps=steps, guidance=7.5))
-    sync()
-    return time.time() - t
+DONORS, MASKS, E, SEEDS = inputs()
 
 
-def run_stock(bs: int) -> float:
-    donors, masks, pe, e = inputs(bs)
-    img = torch.from_numpy(np.stack(donors))[:, None].expand(-1, 3, -1, -1).to(dev, dt)
-    m = torch.from_numpy(np.stack(masks))[:, None].to(dev, dt)
-    sync()
-    t = time.time()
-    with torch.no_grad():
-        pipe(prompt_embeds=pe, negative_prompt_embeds=torch.zeros_like(pe), image=img, mask_image=m, height=H,
-             width=H, num_inference_steps=steps, guidance_scale=7.5,
-             ip_adapter_image_embeds=[torch.cat([torch.zeros_like(e), e])[:, None, :]], output_type="pt",
-             strength=1.0, generator=torch.Generator(dev).manual_seed(0))
-    sync()
-    return time.time() - t
+def models(dtype, fast=None):
+    """Copies of the fp32 UNet/VAE on the device in ``dtype`` with ``fast``'s memory format / compile applied."""
+    unet, vae = copy.deepcopy(UNET).to(dev, dtype), copy.deepcopy(VAE).to(dev, dtype)
+    apply_fast_path(unet, vae, fast)
+    return unet, vae
+
+
+def engine_fn(unet, vae, opts):
+    eng = InpaintEngine(unet, vae, SCHED, H)
+    pe, unc = PE.to(dev, unet.dtype), UNC.to(dev, unet.dtype)
+    return lambda: eng.inpaint(DONORS, MASKS, pe, unc, E.to(dev, unet.dtype), SEEDS, opts)
+
+
+def stock_fn(unet, vae, steps):
+    pipe = StableDiffusionInpaintPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=SCHED,
+                                          safety_checker=None, feature_extractor=None, image_encoder=None,
+                                          requires_safety_checker=False)
+    pipe.mask_processor = VaeImageProcessor(vae_scale_factor=pipe.vae_scale_factor, do_normalize=False,
+                                            do_binarize=False, do_convert_grayscale=True)
+    pipe.set_progress_bar_config(disable=True)
+    d = unet.dtype
+    img = torch.from_numpy(np.stack(DONORS))[:, None].expand(-1, 3, -1, -1).to(dev, d)
+    m = torch.from_numpy(np.stack(MASKS))[:, None].to(dev, d)
+    pe, e = PE.to(dev, d), E.to(dev, d)
+    ip = [torch.cat([torch.zeros_like(e), e])[:, None, :]]
+
+    def run():
+        with torch.no_grad():
+            pipe(prompt_embeds=pe, negative_prompt_embeds=UNC.to(dev, d).expand(bs, -1, -1), image=img,
+                 mask_image=m, height=H, width=H, num_inference_steps=steps, guidance_scale=7.5,
+                 ip_adapter_image_embeds=ip, output_type="pt", strength=1.0,
+                 generator=torch.Generator(dev).manual_seed(0))
+    return run
 
 
 rows: list[dict] = []
+REF: list[np.ndarray] = []
 
 
-def measure(label: str, fn, bs: int, reps: int) -> None:
+def measure(label: str, fn, unets: int, quality: bool = True) -> None:
+    """Warm-up (its output is the quality sample), then ``a.reps`` timed runs; one row."""
     if dev == "cuda":
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    fn(bs)  # warm-up
-    med = statistics.median(fn(bs) for _ in range(reps))
-    r = {"variant": label, "batch": bs, "s_per_batch": med, "img_per_s": bs / med,
-         "peak_mem_GiB": torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None}
+    sync()
+    t = time.time()
+    out = fn()
+    sync()
+    warm = time.time() - t
+    times = []
+    for _ in range(a.reps):
+        t = time.time()
+        fn()
+        sync()
+        times.append(time.time() - t)
+    med = statistics.median(times)
+    r = {"variant": label, "batch": bs, "unet_evals_per_img": unets, "warmup_s": round(warm, 3),
+         "s_per_batch": round(med, 4), "img_per_s": round(bs / med, 3),
+         "peak_mem_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev == "cuda" else None}
+    if quality and out is not None:
+        if not REF:
+            REF.extend(out)
+        r["psnr_in_mask_dB"] = round(float(np.mean([min(psnr(ref, o, weights=m), 99.0)
+                                                    for ref, o, m in zip(REF, out, MASKS)])), 2)
+        r["ssim_in_mask"] = round(float(np.mean([ssim(ref, o, weights=m) for ref, o, m in zip(REF, out, MASKS)])), 4)
     rows.append(r)
     print(json.dumps(r), flush=True)
 
 
-batches = [int(b) for b in a.batches.split(",")]
-for bs in batches:
-    if time.time() - T0 > a.budget * 0.6:
-        break
-    reps = 1 if bs > 1 else 2
-    measure("stock-pipeline", run_stock, bs, reps)
-    measure("medsoft-engine", run_engine, bs, reps)
-if a.compile and time.time() - T0 < a.budget * 0.5:
-    unet.to(memory_format=torch.channels_last)
-    compiled = torch.compile(unet)
-    pipe.unet = compiled
-    engine.unet = compiled
-    bs = batches[-1] if len(batches) > 1 else batches[0]
-    measure("stock-pipeline+compile", run_stock, bs, 1)
-    measure("medsoft-engine+compile", run_engine, bs, 1)
+def variants():
+    """(label, thunk making the run function, UNet evaluations per image, quality?) in run order."""
+    paper = SamplingOptions(steps=a.steps, guidance=7.5)
+    yield "reference: engine eager fp32, DDIM", lambda: engine_fn(*models(torch.float32), paper), 2 * a.steps, True
+    yield f"stock pipeline ({str(dt)[6:]})", lambda: stock_fn(*models(dt), a.steps), 2 * a.steps, False
+    yield f"engine eager ({str(dt)[6:]})", lambda: engine_fn(*models(dt), paper), 2 * a.steps, True
+    yield "engine channels_last", lambda: engine_fn(*models(dt, FastPath(channels_last=True)), paper), 2 * a.steps, True
+    for name, half in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        yield f"engine {name}", lambda half=half: engine_fn(*models(half), paper), 2 * a.steps, True
+    if not a.no_compile and dev == "cuda":
+        yield ("engine fp16 + channels_last + compile",
+               lambda: engine_fn(*models(dt, FastPath(channels_last=True, compile=True)), paper), 2 * a.steps, True)
+    for preset in a.presets.split(","):
+        name, steps = preset.split(":")
+        opts = SamplingOptions(steps=int(steps), guidance=7.5, scheduler=name)
+        yield f"engine {name} {steps} steps ({str(dt)[6:]})", lambda o=opts: engine_fn(*models(dt), o), \
+            2 * int(steps), True
 
-ratios = {}
+
+for label, make, unets, q in variants():
+    if time.time() - T0 > a.budget:
+        print(json.dumps({"skipped": label, "reason": "budget"}))
+        continue
+    if dev == "cpu" and label == "engine fp16":
+        print(json.dumps({"skipped": label, "reason": "fp16 convolutions on a CPU are emulated (minutes)"}))
+        continue
+    measure(label, make(), unets, q)
+
+stock = next((r for r in rows if r["variant"].startswith("stock")), None)
 for r in rows:
-    if r["variant"].startswith("medsoft-engine"):
-        stock = [s for s in rows if s["batch"] == r["batch"]
-                 and s["variant"] == r["variant"].replace("medsoft-engine", "stock-pipeline")]
-        if stock:
-            ratios[f"{r['variant']}@{r['batch']}"] = r["img_per_s"] / stock[0]["img_per_s"]
-res.update(rows=rows, speedup_vs_stock=ratios, wall_s=time.time() - T0, resolution=H, steps=steps, guidance=7.5)
-print(f"{'variant':26s} {'bs':>3s} {'img/s':>8s} {'memGiB':>7s}")
+    r["vs_stock"] = round(r["img_per_s"] / stock["img_per_s"], 3) if stock else None
+res.update(rows=rows, wall_s=round(time.time() - T0, 1), guidance=7.5, paper_steps=a.steps)
+print(f"\n{'variant':44s} {'UNet/img':>8s} {'img/s':>8s} {'x stock':>7s} {'memGiB':>6s} {'PSNR':>6s} {'SSIM':>6s}")
 for r in rows:
-    print(f"{r['variant']:26s} {r['batch']:3d} {r['img_per_s']:8.3f} {r['peak_mem_GiB'] or 0:7.2f}")
-print(json.dumps({"speedup_vs_stock": ratios, "device": res["device"], "wall_s": round(res["wall_s"], 1)}))
+    print(f"{r['variant']:44s} {r['unet_evals_per_img']:8d} {r['img_per_s']:8.3f} {r['vs_stock'] or 0:7.2f} "
+          f"{r['peak_mem_GiB'] or 0:6.2f} {r.get('psnr_in_mask_dB', float('nan')):6.2f} "
+          f"{r.get('ssim_in_mask', float('nan')):6.3f}")
+print(json.dumps({"device": res["device"], "batch": bs, "wall_s": res["wall_s"]}))
 if os.environ.get("OUT"):
     with open(os.path.join(os.environ["OUT"], "balance_gpu.json"), "w") as fh:
         json.dump(res, fh, indent=1)
