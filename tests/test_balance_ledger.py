@@ -66,11 +66,11 @@ def test_ledger_appends_and_ignores_a_torn_last_line(tmp_path):
 
 # ---- balance runs --------------------------------------------------------------------------------------------
 def test_manifest_written_once_when_complete_and_the_ledger_grows_by_batches(env, monkeypatch):
-    import medsoft_aug.generate.stage as stage
+    import medsoft_aug.generate.outdir as outdir
     import medsoft_aug.manifest as manifest
 
     writes, sizes = [], []
-    orig_write, orig_append = stage.write_manifest, manifest.Ledger.append
+    orig_write, orig_append = outdir.write_manifest, manifest.Ledger.append
 
     def counting_write(path, rows):
         writes.append(len(rows))
@@ -82,7 +82,7 @@ def test_manifest_written_once_when_complete_and_the_ledger_grows_by_batches(env
         sizes.append(len(rows))
         return orig_append(self, rows)
 
-    monkeypatch.setattr(stage, "write_manifest", counting_write)
+    monkeypatch.setattr(outdir, "write_manifest", counting_write)
     monkeypatch.setattr(manifest.Ledger, "append", watching_append)
     out = env.root / "once"
     r = _run(env.work, "--model", env.model, "--out", out, "--json", *FAST)
@@ -136,7 +136,7 @@ def test_real_masks_are_hard_links_when_byte_identical(env):
 def test_real_mask_that_would_change_is_copied_not_linked(tmp_path):
     import numpy as np
 
-    from medsoft_aug.generate.stage import link_or_save_npy
+    from medsoft_aug.generate.outdir import link_or_save_npy
 
     src = tmp_path / "m64.npy"
     np.save(src, np.linspace(0, 1, 12).reshape(3, 4))             # float64: the output must be float32

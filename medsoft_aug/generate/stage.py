@@ -18,28 +18,15 @@ arrays (through the grid mapping MODEL_DIR was trained with, ``geometry``), and 
 ``writers``. Real rows reference copies inside OUT (not WORK) so that OUT is a self-contained dataset. With
 ``--shard K/N`` only shard 1 writes the real rows; ``manifest merge`` joins the shards.
 
-Resume: while the run goes, finished samples are appended to the resume ledger ``OUT/.ledger.jsonl``
-(``manifest.Ledger``: one row per line, fsync'd after each batch, O(batch) per batch); it lists only samples whose
-image and mask were fully written (each by temp file + rename), so a killed run never lists a half-written image.
-``manifest.csv`` means complete: it is removed when a run starts work and written once, by
-:func:`write_final_manifest`, when the run (or shard) has finished (complete, or partial with the failures in
-balance.json); files under ``real/`` and ``synthetic/`` that it does not list (a previous run's, e.g. before
-``--force`` with a smaller plan) are removed then. A rerun with the same options skips every listed sample whose
-file still has its recorded sha256, and when nothing is left to do it writes nothing at all. A different set of
-options in an existing OUT is refused unless ``force``.
-
-Real rows are copied once per OUT: slices are written as 16-bit PNG by a few threads, soft masks are hard-linked
-from WORK where the bytes would be identical (copied otherwise, e.g. across file systems).
+Resume, the final manifest and the copies of real rows: ``outdir``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
@@ -47,19 +34,19 @@ import numpy as np
 import pandas as pd
 
 from ..errors import FailureList, InputError, ModelError, PartialFailure, UsageError
-from ..fsutil import atomic_path, atomic_save_npy, atomic_write_json, load_npy, sha256_file
+from ..fsutil import atomic_save_npy, atomic_write_json, sha256_file
 from ..geometry import MODES, GridMapping, mapping_for_model
-from ..locks import LOCK_FILES, folder_lock
-from ..manifest import (LEDGER_FILE, MANIFEST_COLUMNS, Ledger, datalist_path, read_manifest, write_datalist,
-                        write_manifest)
+from ..locks import folder_lock
+from ..manifest import LEDGER_FILE, Ledger
 from ..progress import ProgressFn, batch_steps, report
 from ..versions import package_versions
 from ..workdir import check_work, images_root_of, load_pair, normal_class_of
 from .plan import BalancePlan, PlanItem, parse_shard, plan_balance
 from .fastpath import FastPath
 from .prompts import load_prompts
+from .outdir import Job, resume_state, write_final_manifest, write_real_rows
 from .scaleout import AutoShard, finish_shard, resolve_shard, shard_dir
-from .writers import FORMATS, seg_path, synthetic_paths, write_image, write_png16
+from .writers import FORMATS, synthetic_paths, write_image
 
 if TYPE_CHECKING:
     from .runner import Generator
@@ -67,8 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("medsoft_aug.generate.stage")
 
 _MODEL_FILES = ("medsoft_model.json", "msc.safetensors", "adapter.safetensors", "unet.safetensors")
-# Manifest fields that must match for a listed synthetic sample to count as done.
-_SAME = ("label", "donor_id", "prompt", "seed", "model_sha256", "steps", "guidance", "eta", "format")
 
 
 # ---- inputs ------------------------------------------------------------------------------------------------
@@ -137,7 +122,7 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
         fingerprint = {**opts, "model_sha256": model_sha, "plan_sha256": _plan_sha256(items)}
         consts = {"model": model_dir.name, "model_sha256": model_sha, "steps": str(int(steps)),
                   "guidance": repr(float(guidance)), "eta": repr(float(eta)), "format": output_format}
-        prev, rows, real_ids, todo, real_todo = _resume_state(out, fingerprint, force, items, index, k, consts)
+        prev, rows, real_ids, todo, real_todo = resume_state(out, fingerprint, force, items, index, k, consts)
         if not todo and not real_todo and prev.get("status") == "complete" \
                 and (out / "manifest.csv").is_file():
             return _merged(_summary(plan, items, prev, out, generated=0, skipped=len(items), failures=[]),
@@ -149,7 +134,7 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
                                       mapping=opts["geometry"], scheduler=scheduler, fast=fast)
         picker = None if gen is None else _picker(work, index, masks, ncls, gen, candidates, scorer, min_score)
         # 5. Real rows, then synthetic samples batch by batch (each batch appended to the resume ledger).
-        job = _Job(work, index, masks, out, output_format, fmt_root, consts, on_progress, created=created)
+        job = Job(work, index, masks, out, output_format, fmt_root, consts, on_progress, created=created)
         generated, gen_s, failures = _write_outputs(job, gen, picker, fingerprint, rows, todo, real_todo,
                                                     force or not prev)
         # 6. The run record, then manifest.csv (written once, last: it means the run has finished), summary.
@@ -169,17 +154,6 @@ def balance(work: str | Path, model: Optional[str | Path], out: Optional[str | P
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------
-def _resume_state(out: Path, fingerprint: dict, force: bool, items: list[PlanItem], index: pd.DataFrame, k: int,
-                  consts: dict[str, str]) -> tuple[dict, dict[str, dict], list[str], list[PlanItem], list[str]]:
-    """(previous balance.json, its verified rows still in this plan, real ids of this shard, synthetic items
-    left to do, real ids left to copy)."""
-    prev = _previous_run(out, fingerprint, force)
-    rows = {} if force else _verified_rows(out, prev)
-    real_ids = list(index["sample_id"]) if k == 1 else []
-    keep = {it.sample_id for it in items} | set(real_ids)
-    rows = {s: r for s, r in rows.items() if s in keep}
-    todo = [it for it in items if not _done(rows.get(it.sample_id), it, consts)]
-    return prev, rows, real_ids, todo, [s for s in real_ids if s not in rows]
 
 
 def _merged(summary: dict[str, Any], auto: Optional[AutoShard], root: Optional[str | Path]) -> dict[str, Any]:
@@ -289,22 +263,7 @@ def _plan_sha256(items: list[PlanItem]) -> str:
     return hashlib.sha256(json.dumps([list(i.__dict__.values()) for i in items]).encode()).hexdigest()
 
 
-@dataclass
-class _Job:
-    """What the writing steps of one balance run need."""
-    work: Path
-    index: pd.DataFrame
-    masks: pd.DataFrame
-    out: Path
-    fmt: str
-    fmt_root: Optional[Path]
-    consts: dict[str, str]
-    on_progress: ProgressFn
-    created: bool              # OUT did not exist before this run (removed again when the run makes nothing)
-    ledger: Optional[Ledger] = None
-
-
-def _write_outputs(job: _Job, gen: Optional[Generator], picker, fingerprint: dict, rows: dict[str, dict],
+def _write_outputs(job: Job, gen: Optional[Generator], picker, fingerprint: dict, rows: dict[str, dict],
                    todo: list[PlanItem], real_todo: list[str], reset: bool) -> tuple[int, float, FailureList]:
     """Create OUT (temp files of a killed run removed, manifest.csv removed: the run is not complete), open the
     resume ledger (``reset``: a new one, holding ``rows``), copy the real rows, then generate ``todo``; an OUT
@@ -321,7 +280,7 @@ def _write_outputs(job: _Job, gen: Optional[Generator], picker, fingerprint: dic
             if reset or not (out / LEDGER_FILE).stat().st_size:
                 ledger.append(rows.values())              # rows verified from an older manifest.csv
             job.ledger = ledger
-            _write_real_rows(job, real_todo, rows)
+            write_real_rows(job, real_todo, rows)
             if gen is None:
                 return 0, 0.0, failures
             t0 = time.time()
@@ -333,7 +292,7 @@ def _write_outputs(job: _Job, gen: Optional[Generator], picker, fingerprint: dic
         raise
 
 
-def _generate(job: _Job, gen: Generator, picker, todo: list[PlanItem], rows: dict[str, dict],
+def _generate(job: Job, gen: Generator, picker, todo: list[PlanItem], rows: dict[str, dict],
               failures: FailureList) -> int:
     """Inpaint ``todo`` batch by batch (K candidates per planned sample, each with its own seed, in the same
     engine batch of about ``batch_size`` rows); keep each sample's chosen candidate and write it, then append
@@ -387,7 +346,7 @@ def _donor_pair(work: Path, by_id: pd.DataFrame, mask_of: dict, donor_id: str) -
     return load_pair(work, by_id.loc[donor_id, "image"], mask_of.get(donor_id, ""), f"donor {donor_id}")
 
 
-def _write_sample(it: PlanItem, img: np.ndarray, msk: np.ndarray, donor: dict, job: _Job) -> dict[str, str]:
+def _write_sample(it: PlanItem, img: np.ndarray, msk: np.ndarray, donor: dict, job: Job) -> dict[str, str]:
     """Write one synthetic image and the mask generation used (each atomically); return its manifest row."""
     out = job.out
     img_rel, mask_rel = synthetic_paths(it.sample_id, it.label, job.fmt)
@@ -418,7 +377,7 @@ def _record(fingerprint: dict, opts: dict, work: Path, model_dir: Path, plan: Ba
             "images_per_s": round(generated / gen_s, 4) if gen_s > 0 else None}
 
 
-def _raise_failures(failures: FailureList, generated: int, skipped: int, n_todo: int, job: _Job,
+def _raise_failures(failures: FailureList, generated: int, skipped: int, n_todo: int, job: Job,
                     summary: dict[str, Any], rejected: int = 0) -> None:
     """InputError when nothing could be made for bad inputs (a new OUT is removed), PartialFailure when some
     samples failed or were rejected by the selection floor (``rejected`` of the failures; all listed)."""
@@ -429,133 +388,6 @@ def _raise_failures(failures: FailureList, generated: int, skipped: int, n_todo:
             shutil.rmtree(job.out, ignore_errors=True)
         raise InputError(f"no synthetic sample could be made; first: {failures.items[0]}")
     raise PartialFailure(f"{len(failures)} of {n_todo} synthetic samples failed", failures.items, summary)
-
-
-def _previous_run(out: Path, fingerprint: dict, force: bool) -> dict:
-    p = out / "balance.json"
-    if not p.is_file():
-        if out.exists() and any(q.name not in LOCK_FILES for q in out.iterdir()) and not force:
-            raise InputError(f"{out} exists and is not a balance output folder: choose a new --out")
-        return {}
-    try:
-        prev = json.loads(p.read_text("utf-8"))
-    except ValueError:
-        prev = {}
-    old = prev.get("fingerprint", {})
-    if old != fingerprint and not force:
-        diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-        raise InputError(f"{out} holds a balance run with other options ({', '.join(diff)}): use a new --out, "
-                         "or --force to redo it")
-    return prev if old == fingerprint else {}
-
-
-def _verified_rows(out: Path, prev: dict) -> dict[str, dict]:
-    """Rows of the previous run (its ledger, else its manifest.csv) whose files still hash to the recorded
-    sha256."""
-    if not prev:
-        return {}
-    if (out / LEDGER_FILE).is_file():
-        listed = list(Ledger.read(out / LEDGER_FILE).values())
-    elif (out / "manifest.csv").is_file():
-        listed = read_manifest(out / "manifest.csv").to_dict("records")
-    else:
-        return {}
-    rows = {}
-    for r in listed:
-        img, msk = out / r["image"], (out / r["mask"]) if r["mask"] else None
-        if img.is_file() and sha256_file(img) == r["sha256"] and (msk is None or msk.is_file()):
-            rows[r["sample_id"]] = r
-    return rows
-
-
-def _done(row: Optional[dict], it: PlanItem, consts: dict) -> bool:
-    if row is None or row.get("origin") != "synthetic":
-        return False
-    want = {"label": it.label, "donor_id": it.donor_id, "prompt": it.prompt, "seed": str(it.seed), **consts}
-    return all(str(row.get(f, "")) == str(want[f]) for f in _SAME)
-
-
-def _frame(rows: dict[str, dict]) -> pd.DataFrame:
-    return pd.DataFrame(list(rows.values()), columns=MANIFEST_COLUMNS).fillna("")
-
-
-def _write_real_rows(job: _Job, ids: list[str], rows: dict[str, dict], chunk: int = 256) -> None:
-    """Copy real slices (16-bit PNG, a few threads) and their soft masks (hard links where byte-identical) into
-    OUT/real/; append their rows to the ledger a chunk at a time and add them to ``rows``. The files are not
-    fsync'd one by one (7 ms each on a plain disk): their sha256 is in the ledger and every listed file is
-    re-hashed before a rerun reuses it, so one a power loss truncated is redone."""
-    if not ids:
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    mask_of = dict(zip(job.masks["sample_id"], job.masks["mask"].where(job.masks.get("status", "ok") == "ok", "")))
-    by_id = job.index.set_index("sample_id", drop=False)
-
-    def copy(sid: str) -> dict[str, str]:
-        r = by_id.loc[sid]
-        src = job.work / r["image"]
-        if not src.is_file():
-            raise InputError(f"{sid}: slice {r['image']} listed in index.csv not found in WORK")
-        img_rel, mask_rel = f"real/{sid}.png", ""
-        write_png16(job.out / img_rel, load_npy(src), durable=False)    # hashed in the ledger, checked on reuse
-        if mask_of.get(sid) and (job.work / mask_of[sid]).is_file():
-            mask_rel = f"real/{sid}_mask.npy"
-            link_or_save_npy(job.work / mask_of[sid], job.out / mask_rel)
-        return {c: "" for c in MANIFEST_COLUMNS} | {
-            "sample_id": sid, "patient_id": r.get("patient_id", ""), "split": r["split"], "label": r["label"],
-            "origin": "real", "image": img_rel, "mask": mask_rel, "format": "png",
-            "sha256": sha256_file(job.out / img_rel)}
-
-    (job.out / "real").mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        for start in range(0, len(ids), chunk):
-            new = list(pool.map(copy, ids[start:start + chunk]))
-            job.ledger.append(new)
-            rows.update((r["sample_id"], r) for r in new)
-            report(job.on_progress, "copy real samples", start + len(new), len(ids))
-
-
-def link_or_save_npy(src: Path, dst: Path) -> None:
-    """``dst`` = ``src`` as float32 .npy: a hard link when ``src`` already holds exactly those bytes (linked under
-    a temp name, then renamed: nothing is written into WORK, not even its mode), else a new file (also when
-    linking is not possible, e.g. across file systems). Not fsync'd: see ``fsutil.atomic_path(durable=False)``."""
-    import io
-
-    data = src.read_bytes()
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)),
-            allow_pickle=False)
-    if buf.getvalue() == data:
-        tmp = dst.parent / f".{dst.name}.{os.getpid()}.link.tmp"
-        try:
-            tmp.unlink(missing_ok=True)
-            os.link(src, tmp)
-            os.replace(tmp, dst)
-            return
-        except OSError:
-            tmp.unlink(missing_ok=True)
-    with atomic_path(dst, durable=False) as tmp_path:
-        tmp_path.write_bytes(buf.getvalue())
-
-
-def write_final_manifest(out: Path, rows: dict[str, dict]) -> Path:
-    """The one place a final ``manifest.csv`` is written (the run or shard has finished); files under real/ and
-    synthetic/ that it does not list are removed first (e.g. left by a larger plan before ``--force``)."""
-    listed = {r[c] for r in rows.values() for c in ("image", "mask") if r.get(c)}
-    listed |= {seg_path(r["image"]).as_posix() for r in rows.values() if str(r.get("image", "")).endswith(".dcm")}
-    for sub in ("real", "synthetic"):
-        root = out / sub
-        if not root.is_dir():
-            continue
-        for f in sorted(root.rglob("*"), reverse=True):
-            rel = f.relative_to(out).as_posix()
-            if f.is_file() and rel not in listed:
-                f.unlink()
-            elif f.is_dir() and not any(f.iterdir()):
-                f.rmdir()
-    write_manifest(out / "manifest.csv", _frame(rows))
-    write_datalist(datalist_path(out / "manifest.csv"), _frame(rows))       # the same rows, MONAI's datalist
-    return out / "manifest.csv"
 
 
 def _work_warnings(model_dir: Path, work: Path) -> list[str]:
