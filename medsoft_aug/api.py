@@ -24,12 +24,17 @@ _STAGES = {
     "make_sample_data": "medsoft_aug.sample_data:make_sample_data",
 }
 
-__all__ = sorted([*_STAGES, "environment_info"])
+# Options dataclasses of the stages that take one (the stage also takes its fields as keyword arguments).
+_OPTIONS = {
+    "BalanceOptions": "medsoft_aug.generate.options:BalanceOptions",
+}
+
+__all__ = sorted([*_STAGES, *_OPTIONS, "environment_info"])
 
 
 def __getattr__(name: str) -> Any:
-    if name in _STAGES:
-        mod, attr = _STAGES[name].split(":")
+    if name in _STAGES or name in _OPTIONS:
+        mod, attr = {**_STAGES, **_OPTIONS}[name].split(":")
         return getattr(importlib.import_module(mod), attr)
     raise AttributeError(name)
 

@@ -96,10 +96,10 @@ def test_manifest_written_once_when_complete_and_the_ledger_grows_by_batches(env
 
 
 def test_killed_run_has_no_manifest_and_resumes_without_recopying_real_rows(env, monkeypatch):
-    import medsoft_aug.generate.stage as stage
+    import medsoft_aug.generate.batches as batches
 
     out = env.root / "killed"
-    orig, calls = stage._write_sample, {"n": 0}
+    orig, calls = batches.write_sample, {"n": 0}
 
     def dying_write(*a, **k):
         if calls["n"] == 3:
@@ -107,12 +107,12 @@ def test_killed_run_has_no_manifest_and_resumes_without_recopying_real_rows(env,
         calls["n"] += 1
         return orig(*a, **k)
 
-    monkeypatch.setattr(stage, "_write_sample", dying_write)
+    monkeypatch.setattr(batches, "write_sample", dying_write)
     r = _run(env.work, "--model", env.model, "--out", out, *FAST)
     assert r.exit_code == 130 and not (out / "manifest.csv").exists()
     assert json.loads((out / "balance.json").read_text())["status"] == "running"
     real = {p: p.stat().st_mtime_ns for p in (out / "real").iterdir()}
-    monkeypatch.setattr(stage, "_write_sample", orig)
+    monkeypatch.setattr(batches, "write_sample", orig)
     r = _run(env.work, "--model", env.model, "--out", out, "--json", *FAST)
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["skipped"] == 2 and json.loads(r.stdout)["generated"] == 4

@@ -100,9 +100,9 @@ def test_resume_after_kill_and_shards_give_the_same_images(env, monkeypatch):
     if full is None:
         pytest.skip("needs test_full_run_outputs_manifest_and_idempotent_rerun")
     out = env.root / "out_killed"
-    import medsoft_aug.generate.stage as stage
+    import medsoft_aug.generate.batches as batches
 
-    orig, calls = stage._write_sample, {"n": 0}
+    orig, calls = batches.write_sample, {"n": 0}
 
     def dying_write(*a, **k):
         if calls["n"] == 3:
@@ -110,7 +110,7 @@ def test_resume_after_kill_and_shards_give_the_same_images(env, monkeypatch):
         calls["n"] += 1
         return orig(*a, **k)
 
-    monkeypatch.setattr(stage, "_write_sample", dying_write)
+    monkeypatch.setattr(batches, "write_sample", dying_write)
     r = _run(env.work, "--model", env.model, "--out", out, "--steps", "2", "--batch-size", "2", "--device", "cpu")
     assert r.exit_code == 130
     assert not (out / "manifest.csv").exists()              # manifest.csv means complete
@@ -118,7 +118,7 @@ def test_resume_after_kill_and_shards_give_the_same_images(env, monkeypatch):
     syn = man[man.origin == "synthetic"]
     assert len(syn) == 2                                    # only whole batches are listed
     assert all(sha256_file(out / p) == s for p, s in zip(syn.image, syn.sha256))
-    monkeypatch.setattr(stage, "_write_sample", orig)
+    monkeypatch.setattr(batches, "write_sample", orig)
     r = _run(env.work, "--model", env.model, "--out", out, "--json", "--steps", "2", "--batch-size", "3",
              "--device", "cpu")
     assert r.exit_code == 0, r.stderr

@@ -156,8 +156,8 @@ def test_solver_is_deterministic_batch_independent_and_keeps_the_background(engi
 
 
 def test_unknown_scheduler_is_refused(engine):
-    from medsoft_aug.generate import engine as eng, stage
+    from medsoft_aug.generate import engine as eng, options, select
 
-    assert stage.SCHEDULERS == eng.SCHEDULERS
+    assert options.SCHEDULERS == eng.SCHEDULERS and options.SCORERS == select.SCORERS
     with pytest.raises(ValueError, match="scheduler"):
         eng.make_scheduler("euler", engine.scheduler.config)

@@ -87,6 +87,19 @@ class Geometry(str, Enum):
     pad = "pad"
 
 
+class Scheduler(str, Enum):          # = generate.options.SCHEDULERS
+    ddim = "ddim"
+    dpmsolver = "dpmsolver++"
+    unipc = "unipc"
+
+
+class DType(str, Enum):              # auto + generate.fastpath.DTYPES
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
 def value(choice: Optional[Enum]) -> Optional[str]:
     """The plain string of an Enum choice (None stays None)."""
     return None if choice is None else str(choice.value)
