@@ -145,6 +145,53 @@ class InpaintEngine:
         eps = torch.cat([torch.randn((1, *shape), generator=g, dtype=torch.float32) for g in gens])
         return gens, eps
 
+    def _scheduler(self, opts: SamplingOptions):
+        """The scheduler of one batch, its timesteps set: multistep solvers keep a history, so a fresh one per
+        batch (DDIM is stateless: the engine's own)."""
+        sched = self.scheduler if opts.scheduler == "ddim" else make_scheduler(opts.scheduler, self.scheduler.config)
+        sched.set_timesteps(int(opts.steps), device=self.device)
+        return sched
+
+    def _known(self, x0: torch.Tensor, mask: torch.Tensor, opts: SamplingOptions) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_m (B, 4, h, w): the latent kept outside the mask, m_b (B, 1, h, w): the mask on the latent grid)."""
+        if opts.blend not in ("masked", "donor"):
+            raise ValueError(f"blend must be 'masked' or 'donor', got {opts.blend!r}")
+        h = w = self.resolution // self.factor
+        keep = x0 * (1.0 - mask) if opts.blend == "masked" else x0                       # I_m (Eq. 2) or x0
+        z_m = self.encode(keep).to(self.dtype)                                           # (B, 4, h, w)
+        m_b = F.interpolate(mask.float(), size=(h, w), mode="area")                      # (B, 1, h, w)
+        return z_m, apply_mask_mode(m_b, opts.mask_mode).to(self.device, self.dtype)
+
+    def _conditioning(self, text_emb: torch.Tensor, uncond_emb: torch.Tensor, e_msc: Optional[torch.Tensor],
+                      cfg: bool) -> dict:
+        """UNet keyword arguments for the batch: with ``cfg``, the unconditional half first (empty text, zero
+        e_MSC), then the conditional one (2B rows)."""
+        dev, dt, b = self.device, self.dtype, text_emb.shape[0]
+        text = text_emb.to(dev, dt)
+        e = None if e_msc is None else e_msc.to(dev, dt)
+        if cfg:
+            text = torch.cat([uncond_emb.to(dev, dt).expand(b, -1, -1), text])
+            e = None if e is None else torch.cat([torch.zeros_like(e), e])
+        return unet_conditioning(self.unet, text, e)
+
+    def _step(self, sched, z: torch.Tensor, t: torch.Tensor, cond: dict, gens: list[torch.Generator],
+              opts: SamplingOptions) -> torch.Tensor:
+        """One guided UNet evaluation and scheduler step from ``z`` at ``t``: p_{t-1} (Eq. 8 for DDIM; with
+        ``eta > 0`` each row's variance noise comes from its own generator)."""
+        cfg = opts.guidance > 1.0
+        zin = sched.scale_model_input(torch.cat([z, z]) if cfg else z, t)
+        out = self.unet(zin, t, **cond).sample
+        if cfg:
+            eps_u, eps_c = out.chunk(2)
+            out = eps_u + opts.guidance * (eps_c - eps_u)
+        if opts.scheduler != "ddim":
+            return sched.step(out, t, z).prev_sample
+        var_noise = None
+        if opts.eta > 0:
+            var_noise = torch.cat([torch.randn((1, *z.shape[1:]), generator=g, dtype=torch.float32)
+                                   for g in gens]).to(self.device, self.dtype)
+        return sched.step(out, t, z, eta=float(opts.eta), variance_noise=var_noise).prev_sample
+
     # -- the loop -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def denoise(self, x0: torch.Tensor, mask: torch.Tensor, text_emb: torch.Tensor, uncond_emb: torch.Tensor,
@@ -159,55 +206,27 @@ class InpaintEngine:
         Returns:
             (B, 1, R, R) float32 decoded images in [0, 1] on the CPU (not yet composited).
         """
+        # 1. Inputs, the scheduler, the known latent z_m and the latent-grid mask m_b.
         b = x0.shape[0]
         if not (mask.shape[0] == text_emb.shape[0] == len(seeds) == b) or (e_msc is not None and len(e_msc) != b):
             raise ValueError("batch sizes of images, masks, prompts, e_MSC and seeds differ")
-        dev, dt = self.device, self.dtype
-        h = w = self.resolution // self.factor
-        # multistep solvers keep a history: a fresh one per batch (DDIM is stateless: the engine's own)
-        sched = self.scheduler if opts.scheduler == "ddim" else make_scheduler(opts.scheduler, self.scheduler.config)
-        sched.set_timesteps(int(opts.steps), device=dev)
+        sched = self._scheduler(opts)
         timesteps = sched.timesteps
-
-        if opts.blend not in ("masked", "donor"):
-            raise ValueError(f"blend must be 'masked' or 'donor', got {opts.blend!r}")
-        keep = x0 * (1.0 - mask) if opts.blend == "masked" else x0                       # I_m (Eq. 2) or x0
-        z_m = self.encode(keep).to(dt)                                                   # (B, 4, h, w)
-        m_b = F.interpolate(mask.float(), size=(h, w), mode="area")                      # (B, 1, h, w)
-        m_b = apply_mask_mode(m_b, opts.mask_mode).to(dev, dt)
+        z_m, m_b = self._known(x0, mask, opts)
+        # 2. Each row's own initial noise, and the conditioning (CFG as one 2B batch).
+        h = w = self.resolution // self.factor
         gens, eps = self._noise(seeds, (self.latent_ch, h, w))
-        eps = eps.to(dev, dt)
+        eps = eps.to(self.device, self.dtype)
         z = eps * sched.init_noise_sigma
-
-        cfg = opts.guidance > 1.0
-        text = text_emb.to(dev, dt)
-        e = None if e_msc is None else e_msc.to(dev, dt)
-        if cfg:
-            text = torch.cat([uncond_emb.to(dev, dt).expand(b, -1, -1), text])
-            e = None if e is None else torch.cat([torch.zeros_like(e), e])
-        cond = unet_conditioning(self.unet, text, e)
+        cond = self._conditioning(text_emb, uncond_emb, e_msc, opts.guidance > 1.0)
+        # 3. Denoise: p_{t-1} inside the mask, z_m noised to the next level outside it (Eq. 7; clean at the end).
         for i, t in enumerate(timesteps):
-            zin = torch.cat([z, z]) if cfg else z
-            zin = sched.scale_model_input(zin, t)
-            out = self.unet(zin, t, **cond).sample
-            if cfg:
-                eps_u, eps_c = out.chunk(2)
-                out = eps_u + opts.guidance * (eps_c - eps_u)
-            var_noise = None
-            if opts.eta > 0 and opts.scheduler == "ddim":
-                var_noise = torch.cat([torch.randn((1, *z.shape[1:]), generator=g, dtype=torch.float32)
-                                       for g in gens]).to(dev, dt)
-            if opts.scheduler == "ddim":
-                p = sched.step(out, t, z, eta=float(opts.eta), variance_noise=var_noise).prev_sample   # Eq. 8
-            else:
-                p = sched.step(out, t, z).prev_sample
-            if i + 1 < len(timesteps):
-                z_m_t = sched.add_noise(z_m, eps, timesteps[i + 1:i + 2])
-            else:
-                z_m_t = z_m
+            p = self._step(sched, z, t, cond, gens, opts)
+            z_m_t = sched.add_noise(z_m, eps, timesteps[i + 1:i + 2]) if i + 1 < len(timesteps) else z_m
             z = p * m_b + z_m_t * (1.0 - m_b)                                            # Eq. 7
             if on_step is not None:
                 on_step(i + 1, len(timesteps))
+        # 4. Decode.
         return self.decode(z).cpu()
 
     def inpaint(self, donors: Sequence[np.ndarray], masks: Sequence[np.ndarray], text_emb: torch.Tensor,
