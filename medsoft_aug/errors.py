@@ -32,6 +32,12 @@ class ModelError(InputError):
     """A model folder or reference that cannot be used (missing, wrong base, corrupt) (exit 3)."""
 
 
+class DeviceError(MedsoftError):
+    """The machine cannot run what was asked, e.g. a mixed precision its device lacks (exit 3)."""
+
+    exit_code = 3
+
+
 @dataclass
 class SampleFailure:
     sample_id: str

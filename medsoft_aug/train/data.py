@@ -98,3 +98,12 @@ def collate(items: list[dict]) -> dict:
             "text": [it["text"] for it in items], "label": [it["label"] for it in items],
             "sample_id": [it["sample_id"] for it in items],
             "index": torch.tensor([it["index"] for it in items], dtype=torch.long)}
+
+
+def ordered_batches(dataset, batch_size: int, num_workers: int = 0, pin: bool = False):
+    """Batches of ``batch_size`` items in dataset order (the last one smaller), collated; read by ``num_workers``
+    loader processes (0: in this process), pinned for non-blocking copies to a GPU when ``pin``."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers,
+                      pin_memory=pin)

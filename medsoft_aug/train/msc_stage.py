@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..errors import ModelError
 from ..models.encoders import MedicalEncoder
 from ..models.msc import MSCConfig, MedicalSemanticController, build_msc, masked_image
+from ..progress import ProgressFn, report
 
 log = logging.getLogger("medsoft_aug.train.msc_stage")
 
@@ -39,7 +40,7 @@ class MSCTask:
 
     def __init__(self, encoder: MedicalEncoder, config: Optional[MSCConfig] = None, seed: int = 0,
                  cache_features: bool = True, cache_max_items: int = 50_000, cache_batch: int = 8,
-                 msc: Optional[MedicalSemanticController] = None):
+                 msc: Optional[MedicalSemanticController] = None, cache_workers: int = 0):
         self.encoder = encoder
         self.config = config or (msc.config if msc is not None else MSCConfig.for_embed_dim(encoder.embed_dim))
         if self.config.embed_dim != encoder.embed_dim:
@@ -49,6 +50,7 @@ class MSCTask:
         self.cache_features = cache_features
         self.cache_max_items = int(cache_max_items)
         self.cache_batch = int(cache_batch)
+        self.cache_workers = int(cache_workers)
         self._cache: dict[str, _Feat] = {}
         self.cache_hits = 0
         self.cache_misses = 0
@@ -57,18 +59,20 @@ class MSCTask:
     def trainable_modules(self) -> list[torch.nn.Module]:
         return [self.msc]
 
-    def setup(self, device: torch.device, dtype: torch.dtype, dataset: object = None) -> None:
+    def setup(self, device: torch.device, dtype: torch.dtype, dataset: object = None,
+              on_progress: ProgressFn = None) -> None:
         """Put the MSC on the training device (it trains in float32; mixed precision is accelerate's autocast)
         and fill the feature cache over ``dataset`` (see the module docstring)."""
         self.msc.to(device)
         if dataset is not None:
-            self.fill_cache(dataset)
+            self.fill_cache(dataset, on_progress)
 
     @torch.no_grad()
-    def fill_cache(self, dataset) -> None:
-        """Encoder features of every sample of ``dataset`` (items as ``SliceDataset`` gives them), computed in
-        fixed chunks of ``cache_batch`` in dataset order; skipped above ``cache_max_items`` samples."""
-        from .data import collate
+    def fill_cache(self, dataset, on_progress: ProgressFn = None) -> None:
+        """Encoder features of every sample of ``dataset`` (items as ``SliceDataset`` gives them), computed by the
+        encoder on its device in fixed chunks of ``cache_batch`` in dataset order (read by ``cache_workers``
+        loader processes; progress "cache msc"); skipped above ``cache_max_items`` samples."""
+        from .data import ordered_batches
 
         self._cache.clear()
         if not self.cache_features or len(dataset) > self.cache_max_items:
@@ -76,11 +80,14 @@ class MSCTask:
                 log.info("msc: %d training samples exceed the feature cache (%d): features computed every step",
                          len(dataset), self.cache_max_items)
             return
-        for i in range(0, len(dataset), self.cache_batch):
-            batch = collate([dataset[j] for j in range(i, min(i + self.cache_batch, len(dataset)))])
+        done = 0
+        report(on_progress, "cache msc", done, len(dataset))
+        for batch in ordered_batches(dataset, self.cache_batch, self.cache_workers):
             keys = self._keys(batch)
             for key, feat in zip(keys, self._encode(batch, range(len(keys)))):
                 self._cache[key] = feat
+            done += len(keys)
+            report(on_progress, "cache msc", done, len(dataset))
         log.debug("msc: cached encoder features of %d samples", len(self._cache))
 
     def bind(self, modules: list[torch.nn.Module]) -> None:

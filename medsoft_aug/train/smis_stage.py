@@ -10,7 +10,11 @@ One step, per batch of B samples (R = resolution, h = R / VAE factor, C = latent
     L = sum(m_b * (eps_theta(z_t, t, C, e_MSC) - eps)^2) / (C * sum(m_b))           (Eq. 6, per batch)
 
 Frozen parts (VAE, text encoder, MSC, encoder) are run once per sample/text in ``setup`` and cached: latent
-posteriors (mu, sigma), e_MSC of the masked image + description, prompt embeddings of each distinct text.
+posteriors (mu, sigma), e_MSC of the masked image + description, prompt embeddings of each distinct text. They run
+on the training device in batches of ``cache_batch`` samples in dataset order (read by ``cache_workers`` loader
+processes, progress reported as "cache smis"); the chunks are fixed, so the cache is a function of the dataset and
+``cache_batch`` only (the loop refuses a resume with another ``cache_batch``) and equals per-sample encoding within
+float tolerance (tested). On CUDA the caches stay on the GPU when they take under ``DEVICE_CACHE_BYTES``.
 
 Trainable weights (``train``): "adapter" = W'_k/W'_v of the decoupled layers (default, the paper);
 "full" = the whole UNet (+ adapter) (extension); "text_kv" = the text cross-attention W_k/W_v of the same 16
@@ -24,13 +28,15 @@ from typing import Callable, Literal, Optional
 import torch
 import torch.nn.functional as F
 
-from .data import collate, vae_input
+from ..progress import ProgressFn, report
+from .data import ordered_batches, vae_input
 
 log = logging.getLogger("medsoft_aug.train.smis")
 
 Trainable = Literal["adapter", "full", "text_kv"]
 EncodePrompt = Callable[[list[str]], torch.Tensor]                          # texts -> (B, L, C_text)
 MSCEmbed = Callable[[torch.Tensor, torch.Tensor, list[str]], torch.Tensor]  # x0, M_b (B,1,R,R), texts -> (B, D)
+DEVICE_CACHE_BYTES = 4 << 30
 
 
 def masked_noise_loss(pred: torch.Tensor, target: torch.Tensor, m_b: torch.Tensor) -> torch.Tensor:
@@ -59,7 +65,7 @@ class SMISTask:
     def __init__(self, unet, vae, scheduler, encode_prompt: EncodePrompt, msc_embed: Optional[MSCEmbed], *,
                  train: Trainable = "adapter", p_drop_text: float = 0.05, p_drop_msc: float = 0.05,
                  p_drop_both: float = 0.05, cache_latents: bool = True, cache_batch: int = 8,
-                 mask_mode: str = "soft"):
+                 cache_workers: int = 0, mask_mode: str = "soft"):
         from ..models.adapter import adapter_parameters, adapter_processors
 
         if train not in ("adapter", "full", "text_kv"):
@@ -70,7 +76,7 @@ class SMISTask:
         self.unet, self.vae, self.scheduler = unet, vae, scheduler
         self.encode_prompt, self.msc_embed = encode_prompt, msc_embed
         self.p = (p_drop_text, p_drop_msc, p_drop_both)
-        self.cache_latents, self.cache_batch = cache_latents, cache_batch
+        self.cache_latents, self.cache_batch, self.cache_workers = cache_latents, int(cache_batch), cache_workers
         self.train_mode, self.mask_mode = train, mask_mode
         vae.requires_grad_(False)
         unet.requires_grad_(False)
@@ -85,7 +91,7 @@ class SMISTask:
             for n, p in unet.named_parameters():
                 if ".attn2.to_k." in n or ".attn2.to_v." in n:
                     p.requires_grad_(True)
-        self._model = unet
+        self._model = self._eval_model = unet        # training forwards / validation forwards
         self.device = torch.device("cpu")
         self.lat_mu = self.lat_sigma = self.e_msc = None
         self.text_cache: dict[str, torch.Tensor] = {}
@@ -97,12 +103,17 @@ class SMISTask:
 
     def bind(self, modules: list[torch.nn.Module]) -> None:
         """Use the accelerate-prepared UNet (DDP wrapper / autocast) for training forwards."""
-        self._model = modules[0]
+        self._model = self._eval_model = modules[0]
+
+    def compile_model(self, backend: str = "inductor") -> None:
+        """``torch.compile`` the prepared UNet for training forwards (static shapes: every training batch has
+        ``batch_size`` samples, so one graph serves the run); validation runs the eager module."""
+        self._model = torch.compile(self._eval_model, backend=backend, dynamic=False)
 
     def enable_gradient_checkpointing(self) -> None:
         self.unet.enable_gradient_checkpointing()
 
-    def setup(self, device: torch.device, dtype: torch.dtype, dataset) -> None:
+    def setup(self, device: torch.device, dtype: torch.dtype, dataset, on_progress: ProgressFn = None) -> None:
         """Move the frozen parts to ``device``; frozen UNet weights to ``dtype`` (mixed precision); fill caches."""
         self.device = torch.device(device)
         self.unet.to(self.device)
@@ -116,7 +127,7 @@ class SMISTask:
         self.text_cache = self._encode_texts(texts)
         self.uncond = self.text_cache[""]
         if self.cache_latents or self.msc_embed is not None:
-            self._fill_caches(dataset)
+            self._fill_caches(dataset, on_progress)
 
     @torch.no_grad()
     def _encode_texts(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -128,23 +139,31 @@ class SMISTask:
         return out
 
     @torch.no_grad()
-    def _fill_caches(self, dataset) -> None:
-        mus, sigmas, es = [], [], []
-        for i in range(0, len(dataset), self.cache_batch):
-            batch = collate([dataset[j] for j in range(i, min(i + self.cache_batch, len(dataset)))])
-            img, msk = batch["image"].to(self.device), batch["soft_mask"].to(self.device)
+    def _fill_caches(self, dataset, on_progress: ProgressFn = None) -> None:
+        """VAE posteriors and e_MSC of every sample, in fixed chunks of ``cache_batch`` on the device."""
+        mus, sigmas, es, done = [], [], [], 0
+        report(on_progress, "cache smis", 0, len(dataset))
+        for batch in ordered_batches(dataset, self.cache_batch, self.cache_workers, pin=self.device.type == "cuda"):
+            img = batch["image"].to(self.device, non_blocking=True)
+            msk = batch["soft_mask"].to(self.device, non_blocking=True)
             if self.cache_latents:
                 mu, sigma = self._posterior(img)
                 mus.append(mu.cpu())
                 sigmas.append(sigma.cpu())
             if self.msc_embed is not None:
                 es.append(self.msc_embed(img, msk, batch["text"]).float().cpu())
+            done += len(batch["text"])
+            report(on_progress, "cache smis", done, len(dataset))
         self.cache_rows = {sid: i for i, sid in enumerate(dataset.sample_ids)}
         if self.cache_latents:
-            self.lat_mu, self.lat_sigma = torch.cat(mus), torch.cat(sigmas)
+            self.lat_mu, self.lat_sigma = self._keep(torch.cat(mus)), self._keep(torch.cat(sigmas))
         if self.msc_embed is not None:
-            self.e_msc = torch.cat(es)
+            self.e_msc = self._keep(torch.cat(es))
         log.debug("cached %d latents / e_MSC", len(dataset))
+
+    def _keep(self, t: torch.Tensor) -> torch.Tensor:
+        """A cache tensor on the GPU when it is small enough (no host copy per step), else on the CPU."""
+        return t.to(self.device) if self.device.type == "cuda" and t.nbytes <= DEVICE_CACHE_BYTES // 3 else t
 
     def _rows(self, batch: dict) -> Optional[torch.Tensor]:
         """Cache rows of the batch's samples, or None when any is not cached (e.g. validation samples)."""
@@ -217,7 +236,7 @@ class SMISTask:
     def evaluate(self, batch: dict) -> dict[str, float]:
         """Validation masked loss without CFG dropout, with noise fixed by the batch's first index."""
         g = torch.Generator(self.device).manual_seed(1_000_003 + int(batch["index"][0]))
-        return {"loss": float(self._step_loss(self._model, batch, g, dropout=False))}
+        return {"loss": float(self._step_loss(self._eval_model, batch, g, dropout=False))}
 
     def export_state(self) -> dict[str, torch.Tensor]:
         """The trained UNet tensors by parameter name (W'_k/W'_v keys contain ``.processor.to_k_ip``)."""

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..errors import InputError, UsageError
+from ..errors import DeviceError, InputError, UsageError
 from ..fsutil import atomic_write_json
 from ..geometry import MODES, GridMapping
 from ..locks import folder_lock
@@ -53,7 +53,9 @@ class TrainOptions:
     process and micro-batch. ``resume``: None, "latest" or a checkpoint folder. ``device``: "cpu" forces the CPU,
     otherwise accelerate picks (CUDA when present). ``force`` retrains over an existing MODEL_DIR. ``geometry`` /
     ``crop_margin``: the native-to-model grid mapping (``medsoft_aug.geometry``), recorded in MODEL_DIR so that
-    generation uses the same.
+    generation uses the same. Speed options (``loop.py``): ``mixed_precision``, ``gradient_checkpointing``,
+    ``compile`` (the UNet, SMIS stage), ``num_workers`` (loader processes), ``cache_batch`` (samples per batch
+    when the frozen VAE / encoder / MSC features are cached before the first step).
     """
 
     stage: str = "all"                  # all | msc | smis
@@ -80,12 +82,14 @@ class TrainOptions:
     force: bool = False
     normal_class: Optional[str] = None
     num_workers: int = 0
+    compile: bool = False
+    cache_batch: int = 8
 
     def loop_config(self) -> LoopConfig:
         return LoopConfig(max_steps=self.max_steps, batch_size=self.batch_size, grad_accum=self.grad_accum,
                           mixed_precision=self.mixed_precision, gradient_checkpointing=self.gradient_checkpointing,
                           checkpoint_every=self.checkpoint_every, checkpoints_keep=self.checkpoints_keep,
-                          seed=self.seed, num_workers=self.num_workers)
+                          seed=self.seed, num_workers=self.num_workers, compile=self.compile)
 
     def check_inputs(self, work: Path, out: Path) -> None:
         """Every option, WORK's tables and the MODEL_DIR path, before anything is created or loaded.
@@ -101,6 +105,7 @@ class TrainOptions:
                   (self.resolution is None or self.resolution >= 1, "--resolution must be >= 1"),
                   (self.geometry in MODES, f"--geometry must be one of {', '.join(MODES)}, got {self.geometry!r}"),
                   (self.crop_margin >= 0, f"--crop-margin must be >= 0, got {self.crop_margin}"),
+                  (self.cache_batch >= 1, f"--cache-batch must be >= 1, got {self.cache_batch}"),
                   (self.resume is None or not self.force, "--resume and --force contradict each other"),
                   (not (self.no_msc and self.stage == "msc"), "--no-msc has no MSC stage to run")]
         for ok, msg in checks:
@@ -126,10 +131,23 @@ class TrainOptions:
         """The arguments recorded in MODEL_DIR (a rerun with equal ones is skipped): local folders absolute."""
         keys = ("stage", "max_steps", "msc_steps", "base_model", "encoder", "gamma", "train_unet", "no_msc",
                 "mask_mode", "resolution", "geometry", "crop_margin", "batch_size", "grad_accum", "mixed_precision",
-                "gradient_checkpointing", "seed", "normal_class")
+                "gradient_checkpointing", "seed", "normal_class", "compile", "cache_batch", "num_workers")
         rec = {k: getattr(self, k) for k in keys}
         rec.update(base_model=_ref(self.base_model), encoder=None if self.no_msc else _ref(self.encoder))
         return rec
+
+
+# Recorded arguments added after MODEL_DIRs without them were written (a missing one reads as this default), and
+# those that cannot change the weights (a rerun differing only in them is still "the same options").
+RECORD_DEFAULTS = {"compile": False, "cache_batch": 8, "num_workers": 0}
+NO_EFFECT = ("stage", "num_workers")
+
+
+def same_options(old: dict, new: dict) -> bool:
+    """Whether a recorded MODEL_DIR's arguments ``old`` equal ``new`` for everything that shapes the weights."""
+    def norm(d):
+        return {k: v for k, v in {**RECORD_DEFAULTS, **d}.items() if k not in NO_EFFECT}
+    return norm(old) == norm(new)
 
 
 def _ref(ref: str) -> str:
@@ -176,12 +194,10 @@ def train(work: str | Path, out: str | Path, options: Optional[TrainOptions] = N
 
 
 def _train(work: Path, out: Path, opts: TrainOptions, args: dict, on_progress: ProgressFn) -> TrainResult:
-    # 1. accelerator, base model (hashed before any weight is touched), resolution
+    # 1. accelerator (the mixed precision checked against its device), base model (hashed before any weight is
+    #    touched), resolution
     loop_cfg = opts.loop_config()
-    acc = make_accelerator(loop_cfg, out / "checkpoints" / "msc", cpu=(opts.device == "cpu"))
-    if opts.mixed_precision == "fp16" and acc.device.type != "cuda":
-        raise UsageError(f"--mixed-precision fp16 needs a CUDA GPU (running on {acc.device.type}): "
-                         "use bf16 or no")
+    acc = _accelerator(loop_cfg, out, opts.device)
     from ..models.base import load_base_model
 
     base = load_base_model(opts.base_model, device=acc.device)
@@ -207,7 +223,8 @@ def _train(work: Path, out: Path, opts: TrainOptions, args: dict, on_progress: P
         enc = load_encoder(opts.encoder, device=acc.device)
         if opts.stage in ("all", "msc"):
             msc_args = {k: args[k] for k in ("encoder", "mask_mode", "batch_size", "grad_accum", "seed",
-                                             "mixed_precision", "normal_class", "geometry", "crop_margin")}
+                                             "mixed_precision", "normal_class", "geometry", "crop_margin",
+                                             "cache_batch")}
             msc_args.update(resolution=res, steps=opts.msc_steps or opts.max_steps)
             msc = _msc_stage(acc, enc, data, out, loop_cfg, msc_args, opts.resume, on_progress, result)
         else:
@@ -234,6 +251,19 @@ def _train(work: Path, out: Path, opts: TrainOptions, args: dict, on_progress: P
     return result
 
 
+def _accelerator(cfg: LoopConfig, out: Path, device: Optional[str]):
+    """The run's accelerator (checkpoints of the MSC stage first); DeviceError (exit 3) when its device cannot run
+    ``cfg.mixed_precision``: fp16 needs CUDA, bf16 a CPU or a GPU with bf16 support."""
+    try:
+        acc = make_accelerator(cfg, out / "checkpoints" / "msc", cpu=(device == "cpu"))
+    except ValueError as e:                     # accelerate: "bf16 mixed precision requires ... a supported device"
+        raise DeviceError(f"--mixed-precision {cfg.mixed_precision} is not supported on this machine ({e}): "
+                          "use --mixed-precision no") from None
+    if cfg.mixed_precision == "fp16" and acc.device.type != "cuda":
+        raise DeviceError(f"--mixed-precision fp16 needs a CUDA GPU (running on {acc.device.type}): use bf16 or no")
+    return acc
+
+
 def _existing(out: Path, args: dict, opts: TrainOptions) -> Optional[TrainResult]:
     """Decide what to do with an existing MODEL_DIR: skip (same options, complete), refuse, or clear (--force)."""
     import json
@@ -248,7 +278,7 @@ def _existing(out: Path, args: dict, opts: TrainOptions) -> Optional[TrainResult
         return None
     if meta_path.is_file() and opts.stage != "msc":
         old = dict(json.loads(meta_path.read_text()).get("training", {}).get("arguments", {}))
-        if {**old, "stage": None} == {**args, "stage": None}:
+        if same_options(old, args):
             log.info("%s already holds a model trained with these options; nothing to do (--force retrains)", out)
             return TrainResult(model_dir=out, stage=opts.stage, complete=True, skipped=True)
         raise UsageError(f"{out} already holds a model trained with other options: use --force to retrain it "
@@ -270,7 +300,7 @@ def _msc_stage(acc, enc, data, out: Path, cfg: LoopConfig, msc_args: dict, resum
     done = out / "checkpoints" / MSC_DONE
     if done.is_file() and (out / MSC_FILE).is_file():
         info = json.loads(done.read_text())
-        if info.get("arguments") != msc_args:
+        if {"cache_batch": RECORD_DEFAULTS["cache_batch"], **info.get("arguments", {})} != msc_args:
             raise UsageError(f"{out} holds an MSC trained with other options: use --force to retrain "
                              "or choose another --out")
         log.info("msc stage already finished with these options; loading %s", MSC_FILE)
@@ -282,7 +312,8 @@ def _msc_stage(acc, enc, data, out: Path, cfg: LoopConfig, msc_args: dict, resum
     train_set, val_set = data("train", True), data("val", True)
     if len(train_set) == 0:
         raise InputError("no training-split diseased samples with a usable mask: the MSC cannot be trained")
-    task = MSCTask(enc, MSCConfig.for_embed_dim(enc.embed_dim), seed=cfg.seed)
+    task = MSCTask(enc, MSCConfig.for_embed_dim(enc.embed_dim), seed=cfg.seed, cache_batch=msc_args["cache_batch"],
+                   cache_workers=cfg.num_workers)
     msc_cfg = LoopConfig(**{**asdict(cfg), "max_steps": msc_args["steps"]})
     r = run_task(task, train_set, accelerator=acc, config=msc_cfg, val_dataset=val_set,
                  resume=None if resume is None else "latest", on_progress=on_progress)
@@ -334,7 +365,7 @@ def _smis_task(base, enc, msc, opts: TrainOptions):
 
     mode = "full" if opts.train_unet == "full" else ("text_kv" if opts.no_msc else "adapter")
     return SMISTask(base.unet, base.vae, base.train_scheduler, base.encode_prompt, msc_embed, train=mode,
-                    mask_mode=opts.mask_mode), info
+                    mask_mode=opts.mask_mode, cache_batch=opts.cache_batch, cache_workers=opts.num_workers), info
 
 
 def _write_model(out: Path, task, base, base_info: dict, enc, msc, adapter_info, res: int, args: dict,
