@@ -18,9 +18,13 @@ A stage is a ``TrainTask`` (duck-typed protocol) that ``loop.run_task`` drives:
                                                     # `accelerate launch`): run training forwards through them.
                                                     # Required for more than one process (the loop refuses
                                                     # otherwise); single-process prepare returns the same objects.
-        def setup(self, device, dtype, dataset) -> None         # move frozen parts; dtype = mixed-precision
-                                                    # dtype for frozen weights; fill per-sample caches
+        def setup(self, device, dtype, dataset, on_progress=None) -> None
+                                                    # move frozen parts; dtype = mixed-precision dtype for frozen
+                                                    # weights; fill per-sample caches in fixed batches of
+                                                    # ``cache_batch`` (an attribute; the loop checks it on resume),
+                                                    # reporting ("cache <name>", samples, n) (on_progress optional)
         def enable_gradient_checkpointing(self) -> None
+        def compile_model(self, backend: str) -> None           # torch.compile the model the loss runs (--compile)
 
 Batches come from ``data.SliceDataset`` via ``data.collate`` (dict: image (B,1,H,W) in [0,1], soft_mask
 (B,1,H,W) in [0,1], index (B,) LongTensor, plus lists: text, label, sample_id), already on the device.

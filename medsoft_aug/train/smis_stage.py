@@ -122,7 +122,7 @@ class SMISTask:
                 p.data = p.data.to(dtype)
         self.vae.to(self.device).eval()
         if self.vae.dtype != dtype:
-            self.vae.to(dtype)
+            torch.nn.Module.to(self.vae, dtype)      # plain cast (diffusers' .to warns about fp32 modules: none here)
         texts = sorted(set(dataset.texts) | {""})
         self.text_cache = self._encode_texts(texts)
         self.uncond = self.text_cache[""]
