@@ -32,7 +32,7 @@ def _data(name: str) -> Path:
 @pytest.fixture
 def pydicom_cannot_decode(monkeypatch):
     """Make pydicom's decoder fail as it does for a transfer syntax it has no plugin for."""
-    def fail(ds, name):
+    def fail(ds, name, index=None):
         raise InputError(f"{name}: cannot decode DICOM pixel data (forced in test)")
 
     monkeypatch.setattr(sitk_reader, "decode_frames", fail)
@@ -128,7 +128,7 @@ def test_compressed_series_with_gdcm_fallback_equals_uncompressed(tmp_path, monk
         ds.save_as(plain / p.name, enforce_file_format=True)
     ref = read_dicom_series(plain)                      # pydicom decodes
     monkeypatch.setattr(sitk_reader, "decode_frames",
-                        lambda ds, name: (_ for _ in ()).throw(InputError(f"{name}: forced")))
+                        lambda ds, name, index=None: (_ for _ in ()).throw(InputError(f"{name}: forced")))
     via_gdcm = read_dicom_series(lossless)              # GDCM decodes every slice
     assert np.array_equal(via_gdcm.array, ref.array) and np.allclose(via_gdcm.affine, ref.affine)
     assert via_gdcm.meta["dicom_files"] == [str(lossless / Path(f).name) for f in ref.meta["dicom_files"]]

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from ..errors import MedsoftError
 from ..io.types import ImageData
+
+if TYPE_CHECKING:
+    from ..io.dicom import DicomVolume
 from .normalize import ConstantImageError, normalize_slice
 from .samples import SamplePathError, SampleSpec, resolve_under
 from .slicing import apply_geometry, geometry_json, make_geometry, slice_spacing
@@ -25,13 +28,14 @@ class SampleError(Exception):
 
 
 class SampleReader:
-    """Reads images under a root through ``medsoft_aug.io.reader.read_image``, caching only the last one per kind."""
+    """Reads images under a root through ``medsoft_aug.io.reader.open_image``, caching only the last one per kind
+    (a DICOM series or multi-frame file is opened from its headers; only the slices taken are decoded)."""
 
     def __init__(self, root: Path):
         self.root = root
         self._last: dict[bool, tuple[Path, Any]] = {}
 
-    def read(self, rel: str, *, label_map: bool) -> ImageData:
+    def read(self, rel: str, *, label_map: bool) -> ImageData | DicomVolume:
         """Image at ``rel`` (relative to the root); SampleError for escaping, missing or unreadable files."""
         what = "seg" if label_map else "image"
         try:
@@ -47,17 +51,17 @@ class SampleReader:
         if not path.exists():
             err = SampleError(f"{what} file not found: {rel}")
         else:
-            from ..io.reader import read_image
+            from ..io.reader import open_image
 
             try:
-                img = read_image(path, label_map=label_map)
+                img = open_image(path, label_map=label_map)
             except MedsoftError as e:
                 err = SampleError(f"cannot read {what} {rel}: {' '.join(str(e).split())}")
             except Exception as e:  # noqa: BLE001 - third-party decoders raise anything on damaged files
                 err = SampleError(f"cannot read {what} {rel} ({type(e).__name__})")
             else:
-                if img.array.ndim not in (2, 3):
-                    err = SampleError(f"{what} {rel} has {img.array.ndim} dimensions; expected 2D or 3D")
+                if img.ndim not in (2, 3):
+                    err = SampleError(f"{what} {rel} has {img.ndim} dimensions; expected 2D or 3D")
                 else:
                     self._last[label_map] = (path, img)
                     return img
@@ -66,6 +70,11 @@ class SampleReader:
 
     def clear(self) -> None:
         self._last.clear()
+
+
+def _plane(img: ImageData | DicomVolume, geom: dict[str, Any]) -> np.ndarray:
+    """The sample's 2D pixels; a DICOM volume opened from its headers decodes only the slice taken."""
+    return apply_geometry(img.array if isinstance(img, ImageData) else img, geom)
 
 
 def _choose_slice(spec: SampleSpec, img: ImageData) -> Optional[int]:
@@ -91,7 +100,7 @@ def ingest_one(spec: SampleSpec, reader: SampleReader, window: tuple[float, floa
     img = reader.read(spec.image, label_map=False)
     idx = _choose_slice(spec, img)
     geom = make_geometry(img.shape, idx, img.affine)
-    sl = apply_geometry(img.array, geom)
+    sl = _plane(img, geom)
     h, w = sl.shape
     if spec.x is not None and spec.y is not None:
         if not (0.0 <= spec.x < w and 0.0 <= spec.y < h):
@@ -107,7 +116,7 @@ def ingest_one(spec: SampleSpec, reader: SampleReader, window: tuple[float, floa
             raise SampleError(f"seg shape {list(seg.shape)} does not match image shape {list(img.shape)}")
         if img.affine is not None and seg.affine is not None and not np.allclose(img.affine, seg.affine, atol=1e-3):
             log.warning("sample %s: seg and image affines differ (same shape); using the image grid", spec.sample_id)
-        seg_slice = apply_geometry(seg.array, geom)
+        seg_slice = _plane(seg, geom)
         as32 = seg_slice.astype(np.float32)
         # float32 as WORK/ promises; float64 kept only when a label value is not exact in float32.
         seg_slice = as32 if np.array_equal(as32, seg_slice) else seg_slice.astype(np.float64)

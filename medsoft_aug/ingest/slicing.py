@@ -66,13 +66,15 @@ def apply_geometry(array: np.ndarray, geometry: dict[str, Any]) -> np.ndarray:
     """Apply the recorded ops to ``array`` (shape ``geometry["in_shape"]``); returns a contiguous 2D copy.
 
     Used for the image and, identically, for its label map (nearest: pure indexing, values untouched).
+    ``array`` may also be any volume with ``shape`` and ``take(index, axis)``: a DICOM volume opened from its
+    headers (:class:`medsoft_aug.io.dicom.DicomVolume`) then decodes only the slice taken.
     """
     if list(array.shape) != list(geometry["in_shape"]):
         raise ValueError(f"array shape {list(array.shape)} does not match geometry {geometry['in_shape']}")
     out = array
     for op in geometry["ops"]:
         if op["op"] == "take":
-            out = np.take(out, op["index"], axis=op["axis"])
+            out = out.take(op["index"], axis=op["axis"])
         elif op["op"] == "transpose":
             out = out.T
         elif op["op"] == "flip":

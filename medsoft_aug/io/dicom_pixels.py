@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -129,18 +129,23 @@ def rescale(ds, frame: Optional[int]) -> tuple[float, float]:
     return s, b
 
 
-def decode_frames(ds, name: str) -> np.ndarray:
-    """Decoded stored values, shape (frames, rows, cols) (colour converted to luminance, float64)."""
+def decode_frames(ds, name: str, index: Optional[int] = None) -> np.ndarray:
+    """Decoded stored values, shape (frames, rows, cols) (colour converted to luminance, float64).
+
+    ``index``: decode only that frame of a multi-frame file (pydicom's frame-level access: a native frame is
+    cut from the pixel bytes, an encapsulated one decoded alone); the result is then (1, rows, cols)."""
+    from pydicom.pixels import pixel_array
+
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InputError(f"{name}: DICOM file has no pixel data")
     check_pixel_bytes(ds, name)
     try:
-        arr = ds.pixel_array
+        arr = ds.pixel_array if index is None else pixel_array(ds, index=index)
     except Exception as e:  # noqa: BLE001 - handler errors: truncated data, missing decoder plugin, bad codestream
         # the library's message is not shown: it may quote header values (privacy rule, io/dicom_write.py)
         raise InputError(f"{name}: cannot decode DICOM pixel data ({_ts_name(ds)}; {type(e).__name__})") from e
     spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    n_frames = n_frames_of(ds)
+    n_frames = n_frames_of(ds) if index is None else 1
     if spp > 1:
         arr = np.asarray(arr, dtype=np.float64)[..., :3] @ _LUMA
     if n_frames == 1 and arr.ndim == 2:
@@ -148,6 +153,18 @@ def decode_frames(ds, name: str) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[0] != n_frames:
         raise InputError(f"{name}: unexpected pixel array shape {tuple(arr.shape)} for {n_frames} frame(s)")
     return arr
+
+
+def check_decodable(ds, name: str) -> None:
+    """The checks a file's pixel data pass without decoding them: pixel data present, a transfer syntax
+    pydicom knows, and (native) exactly the bytes the header describes (:func:`check_pixel_bytes`)."""
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise InputError(f"{name}: DICOM file has no pixel data")
+    fm = getattr(ds, "file_meta", None)
+    ts = getattr(fm, "TransferSyntaxUID", None) if fm is not None else None
+    if ts is not None and not getattr(ts, "is_transfer_syntax", False):
+        raise InputError(f"{name}: cannot decode DICOM pixel data (unknown transfer syntax)")
+    check_pixel_bytes(ds, name)
 
 
 def check_pixel_bytes(ds, name: str) -> None:
@@ -190,29 +207,29 @@ def n_frames_of(ds) -> int:
         return 1
 
 
-def to_physical(ds, stored: np.ndarray, *, label_map: bool) -> tuple[np.ndarray, dict]:
-    """Map stored values (frames, rows, cols) to physical units; returns (float64 array, provenance meta)."""
+def physical_maps(ds, frames: Sequence[int], *, label_map: bool) -> tuple[list[tuple], dict]:
+    """How each of ``frames`` maps stored values to physical units, from the header alone.
+
+    Returns (one (slope, intercept, invert total or None) per frame, slope None meaning the modality LUT;
+    the provenance meta: photometric, rescale, bits, transfer syntax, MONOCHROME1 inversion, window)."""
     from pydicom.pixels import apply_modality_lut
 
     photometric = str(getattr(ds, "PhotometricInterpretation", "") or "")
-    out = np.empty(stored.shape, dtype=np.float64)
-    slopes, inters, sums = [], [], []
     lo_s, hi_s = stored_range(ds)
     use_lut = "ModalityLUTSequence" in ds
-    for f in range(stored.shape[0]):
+    maps, slopes, inters, sums = [], [], [], []
+    for f in frames:
         if use_lut:
-            out[f] = apply_modality_lut(stored[f], ds)
             s, b = 1.0, 0.0
             ends = apply_modality_lut(np.array([lo_s, hi_s]), ds).astype(np.float64)
         else:
             s, b = rescale(ds, f)
-            out[f] = stored[f].astype(np.float64) * s + b
             ends = np.array([lo_s, hi_s], dtype=np.float64) * s + b
+        total = float(ends.min() + ends.max()) if photometric == "MONOCHROME1" and not label_map else None
+        maps.append((None if use_lut else s, b, total))
         slopes.append(s)
         inters.append(b)
-        if photometric == "MONOCHROME1" and not label_map:
-            total = float(ends.min() + ends.max())
-            out[f] = total - out[f]
+        if total is not None:
             sums.append(total)
     meta: dict = {
         "photometric": photometric,
@@ -232,6 +249,25 @@ def to_physical(ds, stored: np.ndarray, *, label_map: bool) -> tuple[np.ndarray,
     wc, ww = _first_float(wc), _first_float(ww)
     if wc is not None and ww is not None and ww > 0:
         meta["window_center"], meta["window_width"] = wc, ww
+    return maps, meta
+
+
+def apply_map(ds, stored: np.ndarray, vmap: tuple) -> np.ndarray:
+    """One frame's stored values (rows, cols) in physical units (float64), by a map of :func:`physical_maps`."""
+    from pydicom.pixels import apply_modality_lut
+
+    s, b, total = vmap
+    out = apply_modality_lut(stored, ds) if s is None else stored.astype(np.float64) * s + b
+    out = np.asarray(out, dtype=np.float64)
+    return out if total is None else total - out
+
+
+def to_physical(ds, stored: np.ndarray, *, label_map: bool) -> tuple[np.ndarray, dict]:
+    """Map stored values (frames, rows, cols) to physical units; returns (float64 array, provenance meta)."""
+    maps, meta = physical_maps(ds, range(stored.shape[0]), label_map=label_map)
+    out = np.empty(stored.shape, dtype=np.float64)
+    for f, vmap in enumerate(maps):
+        out[f] = apply_map(ds, stored[f], vmap)
     return out, meta
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .dicom import read_dicom_file, read_dicom_series
+from .dicom import DicomVolume, open_dicom, read_dicom_file, read_dicom_series
 from .dicom_pixels import has_dicm_preamble
 from .nifti import read_nifti
 from .quiet import header_warnings
@@ -66,22 +66,45 @@ def check_finite(img: ImageData, name: str) -> ImageData:
     return img
 
 
-def _read(p: Path, label_map: bool) -> ImageData:
+def open_image(path: str | Path, *, label_map: bool = False) -> ImageData | DicomVolume:
+    """As :func:`read_image`, but a DICOM series folder or multi-frame file comes back opened from its headers
+    (:class:`~medsoft_aug.io.dicom.DicomVolume`: the same shape, affine, spacing and meta; ``take(i, axis=0)``
+    decodes only the slices it returns, ``load()`` gives the ImageData :func:`read_image` would)."""
+    p = Path(path)
+    if _format_of(p) != "dicom":
+        return read_image(p, label_map=label_map)
+    with header_warnings(p.name):          # library warnings quote header values: reported without them
+        img = open_dicom(p, label_map=label_map)
+    return img if isinstance(img, DicomVolume) else check_finite(img, p.name)
+
+
+def _format_of(p: Path) -> str:
+    """"dicom" (series folder or DICOM file), "nifti", "sitk", "raster"; InputError for anything else."""
     if p.is_dir():
-        with header_warnings(p.name):          # library warnings quote header values: reported without them
-            return read_dicom_series(p, label_map=label_map)
+        return "dicom"
     if not p.exists():
         raise InputError(f"{p}: file not found")
     if not p.is_file():
         raise InputError(f"{p}: not a regular file")
     name = p.name.lower()
     if name.endswith(".nii") or name.endswith(".nii.gz"):
-        return read_nifti(p, label_map=label_map)
+        return "nifti"
     if name.endswith(SITK_SUFFIXES):
-        return read_volume_sitk(p, label_map=label_map)
+        return "sitk"
     if name.endswith(RASTER_SUFFIXES):
-        return read_raster(p, label_map=label_map)
+        return "raster"
     if name.endswith(".dcm") or has_dicm_preamble(p):
-        with header_warnings(p.name):
-            return read_dicom_file(p, label_map=label_map)
+        return "dicom"
     raise InputError(f"{p.name}: unsupported image type (expected {SUPPORTED})")
+
+
+def _read(p: Path, label_map: bool) -> ImageData:
+    kind = _format_of(p)
+    if kind == "nifti":
+        return read_nifti(p, label_map=label_map)
+    if kind == "sitk":
+        return read_volume_sitk(p, label_map=label_map)
+    if kind == "raster":
+        return read_raster(p, label_map=label_map)
+    with header_warnings(p.name):          # library warnings quote header values: reported without them
+        return read_dicom_series(p, label_map=label_map) if p.is_dir() else read_dicom_file(p, label_map=label_map)

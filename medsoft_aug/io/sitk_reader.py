@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -69,11 +70,13 @@ def read_volume_sitk(path: str | Path, *, label_map: bool = False) -> ImageData:
                      source_format="dicom-series" if p.is_dir() else "sitk", meta=meta)
 
 
-def decode_with_fallback(ds, path: Path) -> np.ndarray:
+def decode_with_fallback(ds, path: Path, index: Optional[int] = None) -> np.ndarray:
     """Stored values (frames, rows, cols) of a DICOM file: pydicom first, GDCM for compressed transfer syntaxes
-    pydicom cannot decode. Raises the pydicom InputError (with a note) when GDCM cannot decode it either."""
+    pydicom cannot decode. Raises the pydicom InputError (with a note) when GDCM cannot decode it either.
+
+    ``index``: that frame only, (1, rows, cols) (GDCM, which decodes whole files, is cut to it)."""
     try:
-        return decode_frames(ds, path.name)
+        return decode_frames(ds, path.name, index)
     except InputError as first:
         if not _compressed(ds):
             raise
@@ -82,7 +85,7 @@ def decode_with_fallback(ds, path: Path) -> np.ndarray:
         except (RuntimeError, InputError) as e:
             raise InputError(f"{first}; SimpleITK/GDCM cannot decode it either") from e
         log.info("%s: pixel data decoded by GDCM (pydicom could not)", path.name)
-        return stored
+        return stored if index is None else stored[index:index + 1]
 
 
 # ---- internals ---------------------------------------------------------------------------------------------
