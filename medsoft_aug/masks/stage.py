@@ -19,7 +19,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -27,7 +26,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import pandas as pd
 
 from .. import __version__
@@ -37,19 +35,19 @@ from ..progress import ProgressFn, report
 from ..versions import package_versions
 from ..locks import folder_lock
 from ..workdir import MASK_COLUMNS, read_index, read_masks
-from . import from_coords, from_seg
-from .levels import NUMBERINGS, Level, parse_level
+from .plan import (SOURCES, SamplePlan, check_options, compute_mask, decide_numbering, fingerprint, image_shape,
+                   plan_all)
 from .preview import select_preview, write_preview
-from .soften import dilate_mm as dilate_hard, soften
 
 log = logging.getLogger("medsoft_aug.masks")
+
+__all__ = ["DEFAULT_BOX_MM", "DEFAULT_SIGMA_MM", "LOW_PEAK", "SOURCES", "MasksOptions", "MasksResult", "build_masks"]
 
 # Defaults for lumbar MRI. A lumbar vertebral body is ~30-40 mm wide (AP) and ~25-30 mm tall: a 40 mm box
 # centred on a level/lesion coordinate covers the body (or a disc and the adjacent endplates); sigma 3 mm
 # softens the edge over ~+-6 mm (2 sigma), a fifth of the body, while its core stays at 1.
 DEFAULT_SIGMA_MM = 3.0
 DEFAULT_BOX_MM = 40.0
-SOURCES = ("auto", "seg", "coords")
 LOW_PEAK = 0.5  # soft masks whose maximum stays below this barely let the model inpaint: warned about
 
 
@@ -77,132 +75,6 @@ class MasksResult:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
 
-def _num(v: str) -> Optional[float]:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _inside(work: Path, rel: str, what: str) -> Path:
-    p = (work / rel).resolve()
-    if not p.is_relative_to(work.resolve()):
-        raise InputError(f"{what} path {rel!r} escapes WORK")
-    if not p.is_file():
-        raise InputError(f"{what} file {rel} not found")
-    return p
-
-
-def _check_options(source: str, sigma_mm: float, box_mm: float, dilate_mm: float, numbering: str) -> None:
-    if source not in SOURCES:
-        raise UsageError(f"--source must be one of {', '.join(SOURCES)}, got {source!r}")
-    if numbering != "auto" and numbering not in NUMBERINGS:
-        raise UsageError(f"--numbering must be auto or one of {', '.join(NUMBERINGS)}, got {numbering!r}")
-    for name, v, positive in (("--sigma-mm", sigma_mm, False), ("--box-mm", box_mm, True),
-                              ("--dilate-mm", dilate_mm, False)):
-        if not math.isfinite(v) or v < 0 or (positive and v == 0):
-            raise UsageError(f"{name} must be a {'positive' if positive else 'non-negative'} number of mm")
-
-
-@dataclass
-class _Plan:
-    """Per-sample decision taken before any mask is computed."""
-
-    source: str                      # seg | coords
-    level: Optional[Level] = None
-    x: Optional[float] = None
-    y: Optional[float] = None
-    spacing: Optional[tuple[float, float]] = None
-    seg_path: Optional[Path] = None
-
-
-def _plan(row: dict, work: Path, source: str) -> _Plan:
-    x, y = _num(row.get("x", "")), _num(row.get("y", ""))
-    xy = (x, y) if x is not None and y is not None else (None, None)
-    sr, sc = _num(row.get("spacing_row", "")), _num(row.get("spacing_col", ""))
-    spacing = (sr, sc) if sr and sc and sr > 0 and sc > 0 else None
-    level, level_err = None, "no level"
-    if str(row.get("level", "")).strip():
-        # a level that names no vertebra (L99, a typo) is an error for this sample, never a silent box fallback
-        level = parse_level(row["level"])
-    has_seg = bool(str(row.get("seg", "")).strip())
-    use = source
-    if source == "auto":
-        use = "seg" if has_seg and level is not None else "coords" if xy[0] is not None else ""
-        if not use:
-            why = "no seg" if not has_seg else level_err
-            raise InputError(f"cannot place a mask: {why} and no x, y coordinates")
-    if use == "seg":
-        if not has_seg:
-            raise InputError("no seg for this sample (--source seg)")
-        if level is None:
-            raise InputError(f"cannot choose a vertebra in the seg: {level_err}")
-        return _Plan("seg", level, *xy, spacing, _inside(work, row["seg"], "seg"))
-    if xy[0] is None:
-        raise InputError("no x, y coordinates for a box mask (--source coords)")
-    return _Plan("coords", level, *xy, spacing)
-
-
-def _read_npy(path: Path, what: str, mmap: bool = False) -> np.ndarray:
-    """np.load without pickles; an unreadable or corrupt file becomes an InputError naming it."""
-    try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise InputError(f"{what} file {path.name} is unreadable ({type(e).__name__})") from e
-
-
-def _image_shape(work: Path, row: dict) -> tuple[int, int]:
-    arr = _read_npy(_inside(work, row["image"], "image"), "image", mmap=True)
-    if arr.ndim != 2:
-        raise InputError(f"slice has {arr.ndim} dimensions, expected 2")
-    return int(arr.shape[0]), int(arr.shape[1])
-
-
-def _hard_mask(plan: _Plan, shape: tuple[int, int], numbering: str, box_mm: float) -> tuple[np.ndarray, str]:
-    if plan.source == "coords":
-        if plan.spacing is None:
-            raise InputError("pixel spacing (spacing_row, spacing_col) missing: cannot size a box in mm")
-        return from_coords.box_mask(shape, plan.x, plan.y, box_mm, plan.spacing), "box"
-    labels = from_seg.integer_labels(_read_npy(plan.seg_path, "seg"))
-    if labels.shape != shape:
-        raise InputError(f"seg shape {labels.shape[0]}x{labels.shape[1]} does not match image shape "
-                         f"{shape[0]}x{shape[1]}")
-    if plan.x is not None:
-        from_coords.check_point(shape, plan.x, plan.y)
-    return from_seg.hard_mask_from_seg(labels, plan.level, numbering, x=plan.x, y=plan.y,
-                                       spacing=plan.spacing or (1.0, 1.0))
-
-
-def _decide_numbering(plans: dict[str, _Plan]) -> tuple[dict[str, str], dict[str, Any]]:
-    """numbering="auto": a per-sample guess from the label values of its seg slice; ambiguous slices take the
-    majority of the confident guesses in this run, else VerSe."""
-    guesses: dict[str, Optional[str]] = {}
-    reasons: collections.Counter = collections.Counter()
-    for sid, p in plans.items():
-        try:
-            present = from_seg.label_set(from_seg.integer_labels(_read_npy(p.seg_path, "seg")))
-        except InputError:
-            present = set()
-        guesses[sid], why = from_seg.guess_numbering(present)
-        reasons[why] += 1
-    confident = collections.Counter(g for g in guesses.values() if g)
-    fallback = sorted(confident.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] if confident else "verse"
-    decided = {sid: g or fallback for sid, g in guesses.items()}
-    record = {"requested": "auto", "fallback_for_ambiguous": fallback,
-              "ambiguous": sum(1 for g in guesses.values() if not g),
-              "decided": dict(collections.Counter(decided.values())), "reasons": dict(reasons)}
-    return decided, record
-
-
-def _fingerprint(row: dict, plan: _Plan, shape: tuple[int, int], numbering: str, opts: dict) -> str:
-    keys = ("image", "seg", "level", "x", "y", "spacing_row", "spacing_col")
-    data = {"row": {k: row.get(k, "") for k in keys}, "shape": shape, "source": plan.source,
-            "numbering": numbering if plan.source == "seg" else "", "opts": opts, "version": __version__,
-            "seg_sha": sha256_file(plan.seg_path) if plan.seg_path else ""}
-    return sha256_bytes(json.dumps(data, sort_keys=True).encode())[:20]
-
-
 @dataclass
 class MasksOptions:
     """Options of one ``masks build`` run; :meth:`check_inputs` validates them before any work."""
@@ -219,7 +91,7 @@ class MasksOptions:
     def check_inputs(self) -> None:
         """UsageError for bad options; InputError when WORK has no index.csv or holds something else where an
         output of this stage goes (a file where masks/ should be, a folder where masks.csv should be)."""
-        _check_options(self.source, self.sigma_mm, self.box_mm, self.dilate_mm, self.numbering)
+        check_options(self.source, self.sigma_mm, self.box_mm, self.dilate_mm, self.numbering)
         if self.preview is not None and self.preview.suffix.lower() != ".png":
             raise UsageError(f"--preview must name a .png file, got {str(self.preview)!r}")
         if not (self.work / "index.csv").is_file():
@@ -271,28 +143,6 @@ class _Previous:
         return prev
 
 
-def _plan_all(rows: list[dict], work: Path, source: str) -> tuple[dict[str, _Plan], dict[str, str]]:
-    plans: dict[str, _Plan] = {}
-    errors: dict[str, str] = {}
-    for row in rows:
-        sid = str(row["sample_id"])
-        try:
-            if not _safe_id(sid):
-                raise InputError("sample_id is not a safe file name")
-            plans[sid] = _plan(row, work, source)
-        except InputError as e:
-            errors[sid] = str(e)
-    return plans, errors
-
-
-def _numbering(plans: dict[str, _Plan], numbering: str) -> tuple[dict[str, str], dict[str, Any]]:
-    seg_plans = {s: p for s, p in plans.items() if p.source == "seg"}
-    if numbering == "auto":
-        return _decide_numbering(seg_plans)
-    return ({s: numbering for s in seg_plans},
-            {"requested": numbering, "decided": {numbering: len(seg_plans)} if seg_plans else {}})
-
-
 @dataclass
 class _Run:
     """Per-sample outcomes of one run, filled by :func:`_build_all`."""
@@ -307,20 +157,20 @@ class _Run:
     preview_items: list[dict] = field(default_factory=list)
 
 
-def _build_one(row: dict, plan: _Plan, opts: MasksOptions, num: str, prev: _Previous, staging: Path,
+def _build_one(row: dict, plan: SamplePlan, opts: MasksOptions, num: str, prev: _Previous, staging: Path,
                run: _Run, rec: dict) -> None:
     """Mask of one sample into ``staging`` (reused from masks/ when verified, else computed); fills ``rec``."""
     sid = str(row["sample_id"])
     rec["mask_source"] = plan.source
-    shape = _image_shape(opts.work, row)
-    fp = _fingerprint(row, plan, shape, num, opts.record())
+    shape = image_shape(opts.work, row)
+    fp = fingerprint(row, plan, shape, num, opts.record())
     staged = staging / f"{sid}.npy"
     old = None if opts.force else prev.reuse(sid, fp, opts.work / "masks" / f"{sid}.npy", staged)
     if old is not None:
         rec.update(area_px=old["area_px"], soft_sum=old["soft_sum"])
         run.reused += 1
     else:
-        soft, area, kind = _compute(plan, shape, num, opts.sigma_mm, opts.box_mm, opts.dilate_mm)
+        soft, area, kind = compute_mask(plan, shape, num, opts.sigma_mm, opts.box_mm, opts.dilate_mm)
         run.low_peak += int(float(soft.max()) < LOW_PEAK)
         atomic_save_npy(staged, soft)
         run.seg_choice[kind] += 1
@@ -332,7 +182,7 @@ def _build_one(row: dict, plan: _Plan, opts: MasksOptions, num: str, prev: _Prev
                               "caption": f"{plan.source} {row.get('level', '')}".strip()})
 
 
-def _build_all(rows: list[dict], plans: dict[str, _Plan], plan_errors: dict[str, str], per_sample: dict[str, str],
+def _build_all(rows: list[dict], plans: dict[str, SamplePlan], plan_errors: dict[str, str], per_sample: dict[str, str],
                opts: MasksOptions, staging: Path, on_progress: ProgressFn) -> _Run:
     prev = _Previous() if opts.force else _Previous.read(opts.work)
     run = _Run()
@@ -404,8 +254,8 @@ def build_masks(work: str | Path, *, source: str = "auto", sigma_mm: float = DEF
         if dup:
             raise InputError(f"index.csv has duplicate sample_id values (first: {dup[0]})")
         rows = df.to_dict("records")
-        plans, plan_errors = _plan_all(rows, opts.work, opts.source)
-        per_sample, numbering_record = _numbering(plans, opts.numbering)
+        plans, plan_errors = plan_all(rows, opts.work, opts.source)
+        per_sample, numbering_record = decide_numbering(plans, opts.numbering)
         # 4. build every mask into a staging folder (verified masks of the last run are linked, not recomputed)
         staging = Path(tempfile.mkdtemp(prefix=".masks-staging-", dir=opts.work))
         try:
@@ -418,19 +268,6 @@ def build_masks(work: str | Path, *, source: str = "auto", sigma_mm: float = DEF
         raise PartialFailure(f"{result.failed} of {result.total} samples got no mask (listed in masks.csv)",
                              list(result.failures), result=result)
     return result
-
-
-def _compute(plan: _Plan, shape: tuple[int, int], numbering: str, sigma_mm: float, box_mm: float,
-             dilate_mm: float) -> tuple[np.ndarray, int, str]:
-    """Soft mask (H, W) float32, hard-mask area (px, after dilation) and what the hard mask was made of."""
-    if plan.spacing is None and (sigma_mm > 0 or dilate_mm > 0):
-        raise InputError("pixel spacing (spacing_row, spacing_col) missing: cannot blur in mm")
-    hard, note = _hard_mask(plan, shape, numbering, box_mm)
-    spacing = plan.spacing or (1.0, 1.0)
-    hard = dilate_hard(hard, dilate_mm, spacing)
-    if not hard.any():
-        raise InputError("mask is empty")
-    return soften(hard, sigma_mm, spacing), int(hard.sum()), "box" if plan.source == "coords" else _kind(note)
 
 
 def _finish(opts: MasksOptions, run: _Run, numbering_record: dict, staging: Path) -> MasksResult:
@@ -476,14 +313,3 @@ def _finish(opts: MasksOptions, run: _Run, numbering_record: dict, staging: Path
     result.masks_json, result.masks_csv = (work / "masks.json").resolve(), (work / "masks.csv").resolve()
     log.info("masks: %d ok, %d failed, %d reused of %d", ok, n - ok, run.reused, n)
     return result
-
-
-def _safe_id(sid: str) -> bool:
-    return bool(sid) and sid not in (".", "..") and not any(c in sid for c in "/\\\0")
-
-
-def _kind(note: str) -> str:
-    for k in ("disc label", "union of adjacent vertebrae", "total_mr class", "label"):
-        if note.startswith(k):
-            return k
-    return "vertebra"
