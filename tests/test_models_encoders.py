@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from medsoft_aug.errors import ModelError
 from medsoft_aug.fsutil import sha256_file
-from medsoft_aug.models.encoders import _create, build_tiny_encoder, load_encoder, save_encoder_dir
+from medsoft_aug.models.encoder_folder import create_model as _create
+from medsoft_aug.models.encoders import build_tiny_encoder, load_encoder, save_encoder_dir
 from safetensors.torch import save_file
 
 from _models_helpers import single_thread, TEXTS, tiny_encoder  # noqa: F401 - single_thread: autouse fixture

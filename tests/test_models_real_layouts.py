@@ -288,7 +288,7 @@ def test_biomedclip_folder_as_downloaded_uses_the_shipped_bert_config(tmp_path, 
     import open_clip
     from transformers import AutoConfig
 
-    from medsoft_aug.models.encoders import _create
+    from medsoft_aug.models.encoder_folder import create_model as _create
 
     cfg = AutoConfig.from_pretrained(SHIPPED_BERT_DIR)
     assert (cfg.model_type, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads,
