@@ -106,3 +106,16 @@ def test_inception_weights_safetensors_and_pth(tmp_path, monkeypatch):
     torch.save({"x": torch.zeros(3)}, tmp_path / "bad.pth")
     with pytest.raises(ModelError):
         FE.load_inception(tmp_path / "bad.pth")
+
+
+def test_progress_per_denoising_step(trained, tmp_path):
+    """Progress comes per denoising step within each batch (as balance reports it), then per batch."""
+    from medsoft_aug.evaluate.quality import evaluate_quality
+
+    root, work, model = trained
+    events = []
+    evaluate_quality(work, model, tmp_path / "q", steps=2, batch_size=3, device="cpu",
+                     on_progress=lambda stage, done, total: events.append((stage, done, total)))
+    steps = [(d, t) for s, d, t in events if s == "inpaint: denoising steps"]
+    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]        # 4 samples: 2 batches x 2 steps, one bar
+    assert [(d, t) for s, d, t in events if s == "inpaint"] == [(0, 4), (3, 4), (4, 4)]

@@ -30,14 +30,15 @@ from ..fsutil import atomic_write_csv, atomic_write_json, load_npy
 from ..generate.writers import write_png16
 from ..workdir import check_work, describe, load_pair, normal_class_of
 from ..masks.soften import apply_mask_mode
-from ..progress import ProgressFn, report
+from ..progress import ProgressFn, StepFn, batch_steps, report
 from . import metrics as M
 from .data import load_image, read_manifest, resolve
 
 log = logging.getLogger("medsoft_aug.evaluate.quality")
 
-# Inpainter: (images [(H, W)], masks [(H, W)], prompts, seeds) -> inpainted images [(H, W)] in [0, 1].
-Inpainter = Callable[[list[np.ndarray], list[np.ndarray], list[str], list[int]], list[np.ndarray]]
+# Inpainter: (images [(H, W)], masks [(H, W)], prompts, seeds, on_step) -> inpainted images [(H, W)] in [0, 1];
+# on_step(done, total) is called after each denoising step (or None).
+Inpainter = Callable[[list[np.ndarray], list[np.ndarray], list[str], list[int], StepFn], list[np.ndarray]]
 
 
 @dataclass
@@ -224,12 +225,15 @@ def _inpaint_rows(work: Path, rows: pd.DataFrame, inpaint: Inpainter, ncls: str,
     from ..generate.plan import derive_seed
 
     originals, fakes, recs = [], [], []
+    n_batches = -(-len(rows) // batch_size)
+    report(on_progress, "inpaint", 0, len(rows))
     for start in range(0, len(rows), batch_size):
         b = rows.iloc[start:start + batch_size]
         pairs = [load_pair(work, r["image"], r["mask"], r["sample_id"]) for _, r in b.iterrows()]
         prompts = [describe(str(d), str(lab), ncls) for d, lab in zip(b["description"], b["label"])]
+        on_step = batch_steps(on_progress, "inpaint: denoising steps", start // batch_size, n_batches)
         outs = inpaint([p[0] for p in pairs], [p[1] for p in pairs], prompts,
-                       [derive_seed(seed, s) for s in b["sample_id"]])
+                       [derive_seed(seed, s) for s in b["sample_id"]], on_step)
         for (_, r), (x0, soft), y, p in zip(b.iterrows(), pairs, outs, prompts):
             m = apply_mask_mode(soft, mask_mode)                      # the mask generation uses (hard: w/o SMIS)
             recs.append({"sample_id": r["sample_id"], "label": r["label"], "prompt": p,
