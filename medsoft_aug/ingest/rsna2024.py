@@ -17,7 +17,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from ..errors import InputError, UsageError
 from .samples import SampleSpec, make_unique, read_csv_table, require_columns
@@ -84,6 +84,30 @@ def parse_rsna2024(inputs: RsnaInputs, *, conditions: Optional[Sequence[str]] = 
     Fills ``inputs.skipped`` with counts: ``empty_severity``, ``study_not_in_labels``, ``other_condition``.
     """
     conds = resolve_conditions(conditions)
+    severity, desc, coords = _read_tables(inputs, conds)
+    skipped = {"empty_severity": 0, "study_not_in_labels": 0, "other_condition": 0}
+    specs: list[SampleSpec] = []
+    for i, r in enumerate(coords[COORD_COLUMNS].to_dict("records"), start=1):
+        cond = slug(r["condition"])
+        if cond not in conds:
+            skipped["other_condition"] += 1
+            continue
+        if r["study_id"] not in severity:
+            skipped["study_not_in_labels"] += 1
+            continue
+        spec = _coordinate_spec(r, i, cond, severity[r["study_id"]], desc, normal_class)
+        if spec is None:
+            skipped["empty_severity"] += 1
+            continue
+        specs.append(spec)
+    for s, uid in zip(specs, make_unique([s.sample_id for s in specs])):
+        s.sample_id = uid
+    inputs.skipped = skipped
+    return specs
+
+
+def _read_tables(inputs: RsnaInputs, conds: Sequence[str]) -> tuple[dict, dict, Any]:
+    """(severity per study: {column: value}, series description per (study, series), the coordinates table)."""
     train = read_csv_table(inputs.labels, "labels CSV")
     require_columns(train, ["study_id"], "labels CSV", inputs.labels)
     need = [f"{c}_{slug(lv)}" for c in conds for lv in LEVELS]
@@ -92,7 +116,6 @@ def parse_rsna2024(inputs: RsnaInputs, *, conditions: Optional[Sequence[str]] = 
     require_columns(coords, COORD_COLUMNS, "coordinates CSV", inputs.coords)
     series = read_csv_table(inputs.series_descriptions, "series descriptions CSV")
     require_columns(series, SERIES_COLUMNS, "series descriptions CSV", inputs.series_descriptions)
-
     severity: dict[str, dict[str, str]] = {}
     for i, rec in enumerate(train[["study_id", *need]].to_dict("records"), start=1):
         sid = rec.pop("study_id")
@@ -101,56 +124,50 @@ def parse_rsna2024(inputs: RsnaInputs, *, conditions: Optional[Sequence[str]] = 
         severity[sid] = rec
     desc = {(r["study_id"], r["series_id"]): r["series_description"]
             for r in series[SERIES_COLUMNS].to_dict("records")}
+    return severity, desc, coords
 
-    skipped = {"empty_severity": 0, "study_not_in_labels": 0, "other_condition": 0}
-    specs: list[SampleSpec] = []
-    for i, r in enumerate(coords[COORD_COLUMNS].to_dict("records"), start=1):
-        cond = slug(r["condition"])
-        if cond not in conds:
-            skipped["other_condition"] += 1
-            continue
-        study, series_id, level = r["study_id"], r["series_id"], r["level"]
-        if study not in severity:
-            skipped["study_not_in_labels"] += 1
-            continue
-        problems = []
-        if level not in LEVELS:
-            problems.append(f"level {level!r} is not one of {', '.join(LEVELS)}")
-            sev = ""
-        else:
-            sev = severity[study][f"{cond}_{slug(level)}"]
-            if sev == "":
-                skipped["empty_severity"] += 1
-                continue
-        label = class_name(cond, sev, normal_class) if sev else ""
-        if sev and label is None:
-            problems.append(f"severity {sev!r} is not one of {', '.join(SEVERITIES)}")
-        inst = r["instance_number"]
-        if not re.fullmatch(r"\d+", inst or ""):
-            problems.append(f"instance_number {inst!r} is not a positive integer")
-        for name in ("study_id", "series_id"):
-            if not re.fullmatch(r"[A-Za-z0-9._-]+", r[name] or ""):
-                problems.append(f"{name} {r[name]!r} is not a plain identifier")
-        xy = []
-        for name in ("x", "y"):
-            try:
-                v = float(r[name])
-                if not math.isfinite(v):
-                    raise ValueError
-                xy.append(v)
-            except ValueError:
-                problems.append(f"{name} {r[name]!r} is not a number")
-                xy.append(None)
-        sd = desc.get((study, series_id), "")
-        text = ""
-        if label and label != normal_class:
-            text = f"{SEVERITIES[sev]} {cond.replace('_', ' ')} at {level}" + (f" ({sd})" if sd else "")
-        specs.append(SampleSpec(
-            sample_id=re.sub(r"[^A-Za-z0-9._-]+", "_", f"{study}_{series_id}_{inst}_{cond}_{slug(level)}"),
-            label=label or "", image=f"{study}/{series_id}/{int(inst) if inst.isdigit() else inst}.dcm",
-            patient_id=study, study_id=study, row=i, level=level, x=xy[0], y=xy[1], description=text,
-            condition=cond, severity=sev, instance=inst, series_id=series_id, problem="; ".join(problems)))
-    for s, uid in zip(specs, make_unique([s.sample_id for s in specs])):
-        s.sample_id = uid
-    inputs.skipped = skipped
-    return specs
+
+def _coordinate_spec(r: dict, i: int, cond: str, severity: dict[str, str], desc: dict,
+                     normal_class: str) -> Optional[SampleSpec]:
+    """The sample of coordinate row ``r`` (data row ``i``); None when its severity is empty. Invalid values
+    become the spec's ``problem`` (a per-sample failure)."""
+    study, series_id, level = r["study_id"], r["series_id"], r["level"]
+    problems = []
+    if level not in LEVELS:
+        problems.append(f"level {level!r} is not one of {', '.join(LEVELS)}")
+        sev = ""
+    else:
+        sev = severity[f"{cond}_{slug(level)}"]
+        if sev == "":
+            return None
+    label = class_name(cond, sev, normal_class) if sev else ""
+    if sev and label is None:
+        problems.append(f"severity {sev!r} is not one of {', '.join(SEVERITIES)}")
+    inst = r["instance_number"]
+    if not re.fullmatch(r"\d+", inst or ""):
+        problems.append(f"instance_number {inst!r} is not a positive integer")
+    for name in ("study_id", "series_id"):
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", r[name] or ""):
+            problems.append(f"{name} {r[name]!r} is not a plain identifier")
+    xy = [_finite(r[name], name, problems) for name in ("x", "y")]
+    sd = desc.get((study, series_id), "")
+    text = ""
+    if label and label != normal_class:
+        text = f"{SEVERITIES[sev]} {cond.replace('_', ' ')} at {level}" + (f" ({sd})" if sd else "")
+    return SampleSpec(
+        sample_id=re.sub(r"[^A-Za-z0-9._-]+", "_", f"{study}_{series_id}_{inst}_{cond}_{slug(level)}"),
+        label=label or "", image=f"{study}/{series_id}/{int(inst) if inst.isdigit() else inst}.dcm",
+        patient_id=study, study_id=study, row=i, level=level, x=xy[0], y=xy[1], description=text,
+        condition=cond, severity=sev, instance=inst, series_id=series_id, problem="; ".join(problems))
+
+
+def _finite(text: str, name: str, problems: list[str]) -> Optional[float]:
+    """``text`` as a finite float, else None with a problem noted."""
+    try:
+        v = float(text)
+        if not math.isfinite(v):
+            raise ValueError
+        return v
+    except ValueError:
+        problems.append(f"{name} {text!r} is not a number")
+        return None

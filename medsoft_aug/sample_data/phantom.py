@@ -202,13 +202,22 @@ def render_slice(an: Anatomy, dx: float, contrast: str, texture: np.ndarray
     T = {k: v * an.gain for k, v in TISSUE[contrast].items()}
     qx, qy, px, py = _grid(an)
     H, W = an.size
-    img = T["soft"] * (1 + 0.08 * texture)
+    chain = _chain(an)
+    img = _background(an, T, chain, qx, qy, texture)
     lab = np.zeros((H, W), np.uint8)
     lesion = np.zeros((H, W), bool)
-    chain = _chain(an)
-    lat = abs(dx)
-    # paraspinal muscle posterior to the canal, subcutaneous fat, skin, air
-    back = np.zeros((H, W), bool)
+    for e in chain:
+        w = _row_window(an, e)
+        img[w], lab[w], les = _draw_element(an, T, e, dx, qx[w], qy[w], texture[w], img[w], lab[w])
+        if les is not None:
+            lesion[w] = les
+    return _stenosis(an, T, chain, qx, qy, abs(dx), img), lab, lesion
+
+
+def _background(an: Anatomy, T: dict, chain: list[_Element], qx, qy, texture) -> np.ndarray:
+    """Soft tissue, paraspinal muscle posterior to the canal, subcutaneous fat, skin, air."""
+    img = T["soft"] * (1 + 0.08 * texture)
+    back = np.zeros(an.size, bool)
     for e in chain:
         lx, ly = _local(qx, qy, e)
         lo = -np.inf if e.name == "T12" else -(e.half_h + 0.6)
@@ -217,76 +226,90 @@ def render_slice(an: Anatomy, dx: float, contrast: str, texture: np.ndarray
     img = np.where(back, T["muscle"] * (1 + 0.1 * texture + 0.05 * np.sin(qy / 2.5)), img)
     skin = an.skin_x + 0.002 * qy ** 2
     img = np.where(qx > skin - an.fat_t, T["fat"] * (1 + 0.05 * texture), img)
-    img = np.where(qx > skin, 0.0, img)
+    return np.where(qx > skin, 0.0, img)
+
+
+def _draw_element(an: Anatomy, T: dict, e: _Element, dx: float, qxw, qyw, texw, imw, lbw):
+    """One vertebra or disc within its row window: canal and lateral structures, posterior elements, then the
+    body (with its lesion) or the disc. Returns (image rows, label rows, lesion rows or None)."""
+    lat = abs(dx)
+    lx, ly = _local(qxw, qyw, e)
+    is_disc = "/" in e.name
+    a = e.half_a * (1 - 0.25 * min(lat / an.body_w, 1) ** 2)
+    front = a + an.canal_gap
+    imw, lbw, canal = _canal(an, T, e, dx, lx, ly, texw, imw, lbw, front)
+    # posterior elements: spinous process at the midline, laminae/facets laterally (not for S1: sacrum)
+    if not is_disc and e.name != "S1":
+        back0 = front + an.canal_depth
+        plen = 28.0 if lat < 6 else 12.0
+        pe_ly = ly - 0.25 * (lx - back0)     # spinous processes point inferiorly
+        pe = _rounded_rect_sdf(lx - back0 - plen / 2, pe_ly - 2.0, plen / 2, e.half_h * 0.55, 3.0)
+        pe_in = pe < 0
+        imw = np.where(pe_in, np.where(pe > -1.2, T["cortex"], T["marrow"] * an.marrow), imw)
+        lbw = np.where(pe_in, VERSE_LABELS[e.name], lbw)
+        imw = np.where(canal & ~pe_in & (lx > back0 - 2.0), T["ligament"], imw)   # ligamentum flavum
+    # vertebral body or disc
+    lesion = None
+    if is_disc:
+        sdf = _rounded_rect_sdf(lx, ly, a, e.half_h + 0.8, 2.0)
+        inside = sdf < 0
+        nuc = (lx / (0.6 * a)) ** 2 + (ly / (0.75 * e.half_h)) ** 2 < 1
+        disc_val = np.where(nuc, T["nucleus"] * an.disc_nucleus[e.name], T["annulus"])
+        imw = np.where(inside, disc_val * (1 + 0.04 * texw), imw)
+    else:
+        h = e.half_h
+        sdf = _rounded_rect_sdf(lx, ly, a, h, 3.0)
+        inside = sdf < 0
+        marrow = T["marrow"] * an.marrow * (1 + 0.07 * texw)
+        val = np.where(sdf > -1.3, T["cortex"], marrow)
+        if an.lesion is not None and an.lesion.level == e.name:
+            occ = _lesion_mask(an, e, qxw, qyw, dx) * (sdf < -1.3)
+            val = val * (1 - occ) + occ * T["marrow"] * an.marrow * an.lesion.contrast * (1 + 0.05 * texw)
+            lesion = occ >= 0.5
+        imw = np.where(inside, val, imw)
+        lbw = np.where(inside, VERSE_LABELS[e.name], lbw)
+    return imw, lbw, lesion
+
+
+def _canal(an: Anatomy, T: dict, e: _Element, dx: float, lx, ly, texw, imw, lbw, front: float):
+    """The spinal canal of one element (CSF with conus or cauda equina at the midline) and, lateral to it, the
+    pedicles and foramina (fat with the exiting root; narrowed foramina fill in). Returns (image, labels, canal)."""
+    lat = abs(dx)
+    is_disc = "/" in e.name
+    depth = an.canal_depth
     in_canal_plane = np.clip((an.canal_halfwidth - lat) / 2.0 + 0.5, 0, 1)   # partial-volume fraction
+    seg_y = np.abs(ly) <= e.half_h + 0.6
+    canal = seg_y & (lx > front) & (lx < front + depth)
+    csf = T["csf"] * np.ones_like(imw)
+    if e.name in ("T12", "T12/L1", "L1"):
+        conus_w = {"T12": 4.0, "T12/L1": 3.5, "L1": 2.5}[e.name] - (ly + e.half_h) / (2 * e.half_h) * 1.0
+        csf = np.where(np.abs(lx - front - depth * 0.45) < conus_w, T["cord"], csf)
+    else:
+        roots = np.abs(np.sin((lx - front) * 1.3)) < 0.18
+        csf = np.where(roots & (lx - front > depth * 0.5), T["roots"], csf)
+    side = "right" if dx > 0 else "left"
+    disc_below = e.name if is_disc else (DISCS[VERTEBRAE.index(e.name)] if e.name != "S1" else "")
+    narrow = an.foraminal.get(f"{disc_below}:{side}", 0.0)
+    fx = (lx - front) / depth                                  # 0 = front of the canal, 1 = back
+    fat = fx < 0.9 * (1 - narrow)
+    lateral = np.where(fat, T["foramen"], T["ligament"] * 1.5)
+    pedicle = np.zeros_like(canal)
+    if not is_disc:
+        root = np.hypot((fx - 0.3) * depth, ly - 0.45 * e.half_h) < 2.0
+        lateral = np.where(root & fat, T["roots"] * 0.5, lateral)
+        pedicle = ly < 0.15 * e.half_h if e.name != "S1" else np.ones_like(canal)
+        lateral = np.where(pedicle, T["marrow"] * an.marrow * (1 + 0.06 * texw), lateral)
+    region = np.where(lat < an.canal_halfwidth + 1.0, csf * in_canal_plane + lateral * (1 - in_canal_plane),
+                      lateral)
+    imw = np.where(canal, region, imw)
+    if not is_disc and lat >= an.canal_halfwidth:
+        lbw = np.where(canal & pedicle, VERSE_LABELS[e.name], lbw)
+    return imw, lbw, canal
+
+
+def _stenosis(an: Anatomy, T: dict, chain: list[_Element], qx, qy, lat: float, img: np.ndarray) -> np.ndarray:
+    """Canal stenosis at a disc level: posterior disc bulge and thick ligamentum flavum."""
     for e in chain:
-        w = _row_window(an, e)
-        qxw, qyw, texw, imw, lbw = qx[w], qy[w], texture[w], img[w], lab[w]
-        lx, ly = _local(qxw, qyw, e)
-        is_disc = "/" in e.name
-        a = e.half_a * (1 - 0.25 * min(lat / an.body_w, 1) ** 2)
-        front = a + an.canal_gap
-        depth = an.canal_depth
-        seg_y = np.abs(ly) <= e.half_h + 0.6
-        canal = seg_y & (lx > front) & (lx < front + depth)
-        # canal at the midline: CSF with conus above L1/L2 and cauda equina roots below
-        csf = T["csf"] * np.ones_like(imw)
-        if e.name in ("T12", "T12/L1", "L1"):
-            conus_w = {"T12": 4.0, "T12/L1": 3.5, "L1": 2.5}[e.name] - (ly + e.half_h) / (2 * e.half_h) * 1.0
-            csf = np.where(np.abs(lx - front - depth * 0.45) < conus_w, T["cord"], csf)
-        else:
-            roots = np.abs(np.sin((lx - front) * 1.3)) < 0.18
-            csf = np.where(roots & (lx - front > depth * 0.5), T["roots"], csf)
-        # lateral to the canal: pedicles (upper part of each body level) and the foramen below them (fat with
-        # the exiting nerve root), whose posterior part fills in (facet / disc) with foraminal narrowing
-        side = "right" if dx > 0 else "left"
-        disc_below = e.name if is_disc else (DISCS[VERTEBRAE.index(e.name)] if e.name != "S1" else "")
-        narrow = an.foraminal.get(f"{disc_below}:{side}", 0.0)
-        fx = (lx - front) / depth                                  # 0 = front of the canal, 1 = back
-        fat = fx < 0.9 * (1 - narrow)
-        lateral = np.where(fat, T["foramen"], T["ligament"] * 1.5)
-        pedicle = np.zeros_like(canal)
-        if not is_disc:
-            root = np.hypot((fx - 0.3) * depth, ly - 0.45 * e.half_h) < 2.0
-            lateral = np.where(root & fat, T["roots"] * 0.5, lateral)
-            pedicle = ly < 0.15 * e.half_h if e.name != "S1" else np.ones_like(canal)
-            lateral = np.where(pedicle, T["marrow"] * an.marrow * (1 + 0.06 * texw), lateral)
-        region = np.where(lat < an.canal_halfwidth + 1.0, csf * in_canal_plane + lateral * (1 - in_canal_plane),
-                          lateral)
-        imw = np.where(canal, region, imw)
-        if not is_disc and lat >= an.canal_halfwidth:
-            lbw = np.where(canal & pedicle, VERSE_LABELS[e.name], lbw)
-        # posterior elements: spinous process at the midline, laminae/facets laterally (not for S1: sacrum)
-        if not is_disc and e.name != "S1":
-            back0 = front + depth
-            plen = 28.0 if lat < 6 else 12.0
-            pe_ly = ly - 0.25 * (lx - back0)     # spinous processes point inferiorly
-            pe = _rounded_rect_sdf(lx - back0 - plen / 2, pe_ly - 2.0, plen / 2, e.half_h * 0.55, 3.0)
-            pe_in = pe < 0
-            imw = np.where(pe_in, np.where(pe > -1.2, T["cortex"], T["marrow"] * an.marrow), imw)
-            lbw = np.where(pe_in, VERSE_LABELS[e.name], lbw)
-            imw = np.where(canal & ~pe_in & (lx > back0 - 2.0), T["ligament"], imw)   # ligamentum flavum
-        # vertebral body or disc
-        if is_disc:
-            sdf = _rounded_rect_sdf(lx, ly, a, e.half_h + 0.8, 2.0)
-            inside = sdf < 0
-            nuc = (lx / (0.6 * a)) ** 2 + (ly / (0.75 * e.half_h)) ** 2 < 1
-            disc_val = np.where(nuc, T["nucleus"] * an.disc_nucleus[e.name], T["annulus"])
-            imw = np.where(inside, disc_val * (1 + 0.04 * texw), imw)
-        else:
-            h = e.half_h
-            sdf = _rounded_rect_sdf(lx, ly, a, h, 3.0)
-            inside = sdf < 0
-            marrow = T["marrow"] * an.marrow * (1 + 0.07 * texw)
-            val = np.where(sdf > -1.3, T["cortex"], marrow)
-            if an.lesion is not None and an.lesion.level == e.name:
-                occ = _lesion_mask(an, e, qxw, qyw, dx) * (sdf < -1.3)
-                val = val * (1 - occ) + occ * T["marrow"] * an.marrow * an.lesion.contrast * (1 + 0.05 * texw)
-                lesion[w] = occ >= 0.5
-            imw = np.where(inside, val, imw)
-            lbw = np.where(inside, VERSE_LABELS[e.name], lbw)
-        img[w], lab[w] = imw, lbw
-    for e in chain:   # canal stenosis at a disc level: posterior disc bulge + thick ligamentum flavum
         sten = an.stenosis.get(e.name, 0.0)
         if sten > 0:
             lx, ly = _local(qx, qy, e)
@@ -296,7 +319,7 @@ def render_slice(an: Anatomy, dx: float, contrast: str, texture: np.ndarray
             flavum = ((lx - back0) / (sten * an.canal_depth * 0.45 + 0.5)) ** 2 + (ly / (e.half_h + 3.0)) ** 2 < 1
             img = np.where(bulge & (lx > a - 1.0), T["annulus"], img)
             img = np.where(flavum & (lx < back0 + 1.0), T["ligament"], img)
-    return img, lab, lesion
+    return img
 
 
 def stenosis_canal_centre(an: Anatomy, disc: str) -> float:

@@ -5,6 +5,12 @@ from __future__ import annotations
 def readme_text(n_studies: int, seed: int, counts: dict[str, int], formats: dict[str, int],
                 rsna: dict[str, int]) -> str:
     """Markdown describing the generated folder."""
+    return _contents(n_studies, seed, counts, formats, rsna) + _conventions(n_studies)
+
+
+def _contents(n_studies: int, seed: int, counts: dict[str, int], formats: dict[str, int],
+              rsna: dict[str, int]) -> str:
+    """The title, how to regenerate, and what the folder holds."""
     total = sum(counts.values())
     pct = {k: f"{100 * v / total:.0f}%" for k, v in counts.items()}
     return f"""# medsoft-aug sample data (synthetic phantom)
@@ -43,7 +49,12 @@ sha256sum -c SHA256SUMS   # inside sample_data/
   Run `medsoft-aug ingest --format rsna2024 --labels sample_data/rsna2024/train.csv --images sample_data/rsna2024/images --out WORK`.
 - `SHA256SUMS`: sha256 of every other file (what the determinism test compares).
 
-## Conventions
+"""
+
+
+def _conventions(n_studies: int) -> str:
+    """The grid, label and geometry conventions and the real-world traps built in."""
+    return f"""## Conventions
 
 - **Display grid.** Ingest takes sagittal slice `i` of the canonical RAS volume (`array[i, :, :]`, axes Y = anterior,
   Z = superior) and shows it as `display = vol[i].T[::-1, ::-1]`: row 0 = most superior, column 0 = most anterior

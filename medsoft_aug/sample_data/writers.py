@@ -104,59 +104,7 @@ def write_dicom_series(folder: Path, display: np.ndarray, affine: np.ndarray, in
         stored = np.clip(stored, 0, max_stored)
         if info.photometric == "MONOCHROME1":
             stored = max_stored - stored
-        sop = uid(info.study_key, info.series_number, "sop", inst)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = sop
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = IMPLEMENTATION_UID
-        meta.ImplementationVersionName = "MEDSOFTAUG_PH1"
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["DERIVED", "PRIMARY", "PHANTOM"]
-        ds.SOPClassUID = MRImageStorage
-        ds.SOPInstanceUID = sop
-        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = FIXED_DATE
-        ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = FIXED_TIME
-        ds.Modality = "MR"
-        ds.Manufacturer = "medsoft-aug phantom"
-        ds.InstitutionName = "SYNTHETIC"
-        ds.StudyDescription = "PHANTOM LUMBAR SPINE"
-        ds.SeriesDescription = info.series_description
-        ds.PatientName = f"PHANTOM^{info.patient_no:04d}"
-        ds.PatientID = f"PH{info.patient_no:04d}"
-        ds.PatientBirthDate = ""
-        ds.PatientSex = "O"
-        ds.BodyPartExamined = "LSPINE"
-        ds.ScanningSequence = "SE"
-        ds.SequenceVariant = "SK"
-        ds.MRAcquisitionType = "2D"
-        ds.SliceThickness = f"{sx * 0.8:.2f}"
-        ds.SpacingBetweenSlices = f"{sx:.4f}"
-        ds.RepetitionTime = f"{info.repetition_time:.0f}"
-        ds.EchoTime = f"{info.echo_time:.0f}"
-        ds.MagneticFieldStrength = "1.5"
-        ds.StudyInstanceUID = info.study_uid
-        ds.SeriesInstanceUID = info.series_uid
-        ds.StudyID = "1"
-        ds.SeriesNumber = info.series_number
-        ds.InstanceNumber = inst
-        ds.FrameOfReferenceUID = uid(info.study_key, "frame")
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in ipp]
-        ds.ImageOrientationPatient = ["0", "1", "0", "0", "0", "-1"]
-        ds.SliceLocation = f"{-ipp[0]:.4f}"
-        ds.PixelSpacing = [f"{sz:.6f}", f"{sy:.6f}"]          # row spacing (S-I), column spacing (A-P)
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = info.photometric
-        ds.Rows, ds.Columns = H, W
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.WindowCenter = "500"
-        ds.WindowWidth = "1000"
-        if info.slope != 1.0 or info.intercept != 0.0:
-            ds.RescaleIntercept = f"{info.intercept:g}"
-            ds.RescaleSlope = f"{info.slope:g}"
-            ds.RescaleType = "US"
+        ds = _slice_header(info, inst, ipp, (sx, sy, sz), (H, W))
         ds.PixelData = stored.astype("<u2").tobytes()
         if info.rle:
             ds.compress(RLELossless, stored.astype(np.uint16), encoding_plugin="pydicom",
@@ -167,3 +115,71 @@ def write_dicom_series(folder: Path, display: np.ndarray, affine: np.ndarray, in
         write_bytes(path, buf.getvalue())
         paths.append(path)
     return paths
+
+
+def _slice_header(info: SeriesInfo, inst: int, ipp: list[float], spacing: tuple[float, float, float],
+                  size: tuple[int, int]) -> Dataset:
+    """The DICOM header of instance ``inst`` (1-based) of a phantom series: fixed, obviously fake identity,
+    deterministic UIDs, the slice's geometry and pixel description (no pixel data yet)."""
+    sop = uid(info.study_key, info.series_number, "sop", inst)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "MEDSOFTAUG_PH1"
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["DERIVED", "PRIMARY", "PHANTOM"]
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = sop
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = FIXED_DATE
+    ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = FIXED_TIME
+    ds.Modality = "MR"
+    ds.Manufacturer = "medsoft-aug phantom"
+    ds.InstitutionName = "SYNTHETIC"
+    ds.StudyDescription = "PHANTOM LUMBAR SPINE"
+    ds.SeriesDescription = info.series_description
+    ds.PatientName = f"PHANTOM^{info.patient_no:04d}"
+    ds.PatientID = f"PH{info.patient_no:04d}"
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    ds.BodyPartExamined = "LSPINE"
+    ds.ScanningSequence = "SE"
+    ds.SequenceVariant = "SK"
+    ds.MRAcquisitionType = "2D"
+    ds.RepetitionTime = f"{info.repetition_time:.0f}"
+    ds.EchoTime = f"{info.echo_time:.0f}"
+    ds.MagneticFieldStrength = "1.5"
+    ds.StudyInstanceUID = info.study_uid
+    ds.SeriesInstanceUID = info.series_uid
+    ds.StudyID = "1"
+    ds.SeriesNumber = info.series_number
+    ds.InstanceNumber = inst
+    ds.FrameOfReferenceUID = uid(info.study_key, "frame")
+    _slice_geometry(ds, info, ipp, spacing, size)
+    return ds
+
+
+def _slice_geometry(ds: Dataset, info: SeriesInfo, ipp: list[float], spacing: tuple[float, float, float],
+                    size: tuple[int, int]) -> None:
+    """Geometry (position, orientation, spacing) and pixel description of one phantom slice, into ``ds``."""
+    sx, sy, sz = spacing
+    H, W = size
+    ds.SliceThickness = f"{sx * 0.8:.2f}"
+    ds.SpacingBetweenSlices = f"{sx:.4f}"
+    ds.ImagePositionPatient = [f"{v:.4f}" for v in ipp]
+    ds.ImageOrientationPatient = ["0", "1", "0", "0", "0", "-1"]
+    ds.SliceLocation = f"{-ipp[0]:.4f}"
+    ds.PixelSpacing = [f"{sz:.6f}", f"{sy:.6f}"]          # row spacing (S-I), column spacing (A-P)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = info.photometric
+    ds.Rows, ds.Columns = H, W
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter = "500"
+    ds.WindowWidth = "1000"
+    if info.slope != 1.0 or info.intercept != 0.0:
+        ds.RescaleIntercept = f"{info.intercept:g}"
+        ds.RescaleSlope = f"{info.slope:g}"
+        ds.RescaleType = "US"
