@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from ..geometry import GridMapping, View
 from ..masks.soften import apply_mask_mode
+from .deepcache import deep_cache
 
 log = logging.getLogger("medsoft_aug.generate.engine")
 
@@ -52,6 +53,9 @@ class SamplingOptions:
     # (DPMSolverMultistepScheduler, 2nd order) or "unipc" (UniPCMultistepScheduler); Eq. 7 at the solver's own
     # timesteps either way. eta applies to DDIM only.
     scheduler: str = "ddim"
+    # DeepCache (generate/deepcache.py): 0 off (default); N >= 1 runs the whole UNet every N-th step and only its
+    # shallow skip branch in between, reusing the cached deep features (1: every step full, equal to off).
+    deepcache_interval: int = 0
 
 
 SCHEDULERS = ("ddim", "dpmsolver++", "unipc")
@@ -220,12 +224,14 @@ class InpaintEngine:
         z = eps * sched.init_noise_sigma
         cond = self._conditioning(text_emb, uncond_emb, e_msc, opts.guidance > 1.0)
         # 3. Denoise: p_{t-1} inside the mask, z_m noised to the next level outside it (Eq. 7; clean at the end).
-        for i, t in enumerate(timesteps):
-            p = self._step(sched, z, t, cond, gens, opts)
-            z_m_t = sched.add_noise(z_m, eps, timesteps[i + 1:i + 2]) if i + 1 < len(timesteps) else z_m
-            z = p * m_b + z_m_t * (1.0 - m_b)                                            # Eq. 7
-            if on_step is not None:
-                on_step(i + 1, len(timesteps))
+        #    --deepcache-interval N: the UNet's deep features cached every N steps (deepcache.py; 0: untouched).
+        with deep_cache(self.unet, sched, opts.deepcache_interval):
+            for i, t in enumerate(timesteps):
+                p = self._step(sched, z, t, cond, gens, opts)
+                z_m_t = sched.add_noise(z_m, eps, timesteps[i + 1:i + 2]) if i + 1 < len(timesteps) else z_m
+                z = p * m_b + z_m_t * (1.0 - m_b)                                        # Eq. 7
+                if on_step is not None:
+                    on_step(i + 1, len(timesteps))
         # 4. Decode.
         return self.decode(z).cpu()
 
