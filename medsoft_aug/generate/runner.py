@@ -9,6 +9,7 @@ arrays; it reads and writes no files (``balance`` and ``evaluate quality`` do).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -18,6 +19,7 @@ import torch
 from ..errors import UsageError
 from ..geometry import GridMapping, View, mapping_for_model
 from ..masks.soften import apply_mask_mode
+from .batching import MAX_BATCH, fixed_batch_size, probe_batch_size
 from .engine import InpaintEngine, SamplingOptions, resolve_device
 from .fastpath import FastPath, apply_fast_path, weight_dtype
 
@@ -29,10 +31,14 @@ class Generator:
     (an already loaded TrainedModel) may be given instead of ``model_dir``; ``mapping`` overrides the one
     recorded in MODEL_DIR (see ``geometry.mapping_for_model``)."""
 
-    def __init__(self, model_dir: Optional[Path], *, device: str = "auto", batch_size: int = 8, steps: int = 50,
-                 guidance: float = 7.5, eta: float = 0.0, trained: Any = None, base_model: Optional[str] = None,
+    def __init__(self, model_dir: Optional[Path], *, device: str = "auto", batch_size: int | str = 8,
+                 steps: int = 50, guidance: float = 7.5, eta: float = 0.0, trained: Any = None, base_model: Optional[str] = None,
                  blend: str = "masked", mapping: Optional[GridMapping] = None,
-                 scheduler: str = "ddim", fast: Optional[FastPath] = None):
+                 scheduler: str = "ddim", fast: Optional[FastPath] = None, deepcache_interval: int = 0,
+                 batch_limit: Optional[int] = None):
+        """``batch_size``: engine rows per batch, or ``auto`` (``batching``: probed on CUDA, else the CPU default;
+        ``batch_limit``: the rows the run needs, the largest size worth probing). ``deepcache_interval``: see
+        ``engine.SamplingOptions``."""
         from ..models.modeldir import load_model_dir
 
         self.device, self.dtype = resolve_device(device)
@@ -45,13 +51,34 @@ class Generator:
         if self.mapping.resolution % multiple:
             raise UsageError(f"--resolution must be a multiple of {multiple} for this base model, "
                              f"got {self.mapping.resolution}")
-        apply_fast_path(base.unet, base.vae, fast)                                 # --channels-last, --compile
+        probe = batch_size == "auto" and self.device.type == "cuda"
+        compile_later = probe and fast is not None and fast.compile                # probe the eager UNet
+        apply_fast_path(base.unet, base.vae, replace(fast, compile=False) if compile_later else fast)
         self.engine = InpaintEngine(base.unet, base.vae, base.inference_scheduler(), self.mapping.resolution)
         self.mask_mode = str(self.trained.meta.get("mask_mode", "soft"))         # recorded by train
         self.opts = SamplingOptions(steps=int(steps), guidance=float(guidance), eta=float(eta), blend=blend,
-                                    mask_mode=self.mask_mode, scheduler=scheduler)
-        self.batch_size = int(batch_size)
+                                    mask_mode=self.mask_mode, scheduler=scheduler,
+                                    deepcache_interval=int(deepcache_interval or 0))
         self.uncond = base.encode_prompt([""])                                     # (1, L, C)
+        self.batch = (probe_batch_size(self.probe_step, self.device, limit=max(1, batch_limit or MAX_BATCH))
+                      if probe else fixed_batch_size(batch_size))                  # balance.json's "batch"
+        self.batch_size = int(self.batch["size"])
+        if compile_later:
+            apply_fast_path(base.unet, base.vae, FastPath(compile=True, compile_backend=fast.compile_backend))
+
+    @torch.no_grad()
+    def probe_step(self, size: int) -> None:
+        """One denoising step of the whole generation path (prompt encoding, e_MSC, VAE encode, one UNet step
+        with CFG, VAE decode) at ``size`` rows of synthetic inputs: what ``--batch-size auto`` measures."""
+        r = self.mapping.resolution
+        g = torch.Generator("cpu").manual_seed(0)
+        x0 = torch.rand((size, 1, r, r), generator=g)
+        yy, xx = torch.meshgrid(torch.arange(r), torch.arange(r), indexing="ij")
+        mask = ((yy - r / 2) ** 2 + (xx - r / 2) ** 2 < (r / 4) ** 2).float().expand(size, 1, r, r)
+        texts = [""] * size
+        text_emb = self.trained.base.encode_prompt(texts)
+        e = self.e_msc(x0, mask, texts)
+        self.engine.denoise(x0, mask, text_emb, self.uncond, e, list(range(size)), replace(self.opts, steps=1))
 
     @torch.no_grad()
     def e_msc(self, x0: torch.Tensor, masks: torch.Tensor, texts: list[str]) -> Optional[torch.Tensor]:
