@@ -13,7 +13,15 @@ as weights; ``medsoft_aug.evaluate.metrics``) of each variant's output against t
 ratio to the stock pipeline at the same batch size. Prints one JSON line per variant and a table; writes
 ``$OUT/balance_gpu.json`` when OUT is set.
 
+DeepCache (``--deepcache 2,3``): the paper's 50 DDIM steps with the UNet's deep features cached every N steps
+(``generate/deepcache.py``); "full UNet/img" counts the evaluations of the whole UNet (the others run only its
+shallow branch). Peak memory per batch size (``--mem-sizes 1,2,4,8``): one paper-settings batch (2 steps: the
+peak is per step) at each size; CUDA: ``torch.cuda.max_memory_allocated`` (absolute, weights included), the
+figure ``balance --batch-size auto`` measures; CPU: the growth of the process's RSS over the run above its RSS
+before it, sampled every 2 ms (psutil), labelled as such.
+
 Usage: python bench/balance_gpu.py [--tiny] [--batch 16] [--reps 2] [--no-compile] [--presets dpmsolver++:20,...]
+       [--deepcache 2,3] [--mem-sizes 1,2,4,8]
 """
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ import copy
 import json
 import os
 import statistics
+import threading
 import time
 
 import numpy as np
@@ -34,6 +43,8 @@ ap.add_argument("--reps", type=int, default=2, help="timed repetitions per varia
 ap.add_argument("--steps", type=int, default=50, help="DDIM steps at paper settings")
 ap.add_argument("--presets", default="ddim:20,dpmsolver++:20,unipc:20,ddim:10,dpmsolver++:10,unipc:10",
                 help="scheduler:steps, comma separated (ddim:N is plain DDIM with fewer steps, for comparison)")
+ap.add_argument("--deepcache", default="2,3", help="DeepCache intervals at paper settings (empty: none)")
+ap.add_argument("--mem-sizes", default="1,2,4,8", help="batch sizes whose peak memory is measured (empty: none)")
 ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant (default off on CPU)")
 ap.add_argument("--budget", type=float, default=420.0, help="stop starting new variants after this many s")
 a = ap.parse_args()
@@ -144,6 +155,7 @@ def stock_fn(unet, vae, steps):
 
 rows: list[dict] = []
 REF: list[np.ndarray] = []
+FULL: dict[str, int] = {}          # variant -> whole-UNet evaluations per image (DeepCache: fewer than calls)
 
 
 def measure(label: str, fn, unets: int, quality: bool = True) -> None:
@@ -163,7 +175,8 @@ def measure(label: str, fn, unets: int, quality: bool = True) -> None:
         sync()
         times.append(time.time() - t)
     med = statistics.median(times)
-    r = {"variant": label, "batch": bs, "unet_evals_per_img": unets, "warmup_s": round(warm, 3),
+    r = {"variant": label, "batch": bs, "unet_evals_per_img": unets,
+         "full_unet_evals_per_img": FULL.get(label, unets), "warmup_s": round(warm, 3),
          "s_per_batch": round(med, 4), "img_per_s": round(bs / med, 3),
          "peak_mem_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev == "cuda" else None}
     if quality and out is not None:
@@ -188,6 +201,11 @@ def variants():
     if not a.no_compile and dev == "cuda":
         yield ("engine fp16 + channels_last + compile",
                lambda: engine_fn(*models(dt, FastPath(channels_last=True, compile=True)), paper), 2 * a.steps, True)
+    for n in [int(x) for x in a.deepcache.split(",") if x]:
+        opts = SamplingOptions(steps=a.steps, guidance=7.5, deepcache_interval=n)
+        label = f"engine DDIM {a.steps} + deepcache {n} ({str(dt)[6:]})"
+        FULL[label] = 2 * -(-a.steps // n)
+        yield label, lambda o=opts: engine_fn(*models(dt), o), 2 * a.steps, True
     for preset in a.presets.split(","):
         name, steps = preset.split(":")
         opts = SamplingOptions(steps=int(steps), guidance=7.5, scheduler=name)
@@ -204,15 +222,70 @@ for label, make, unets, q in variants():
         continue
     measure(label, make(), unets, q)
 
+class PeakRSS:
+    """CPU: the largest RSS growth of this process above its RSS at entry, sampled every 2 ms (psutil)."""
+
+    def __enter__(self):
+        import psutil
+
+        self.proc, self.base, self.peak, self.stop = psutil.Process(), 0, 0, threading.Event()
+        self.base = self.peak = self.proc.memory_info().rss
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def _poll(self):
+        while not self.stop.wait(0.002):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.growth = max(0, self.peak - self.base)
+
+
+def memory_per_batch_size() -> list[dict]:
+    """Peak memory of one paper-settings batch (2 steps) at each of ``--mem-sizes`` (engine, default dtype)."""
+    saved, out = (DONORS, MASKS, E, SEEDS, PE), []
+    unet, vae = models(dt)
+    eng = InpaintEngine(unet, vae, SCHED, H)
+    for size in [int(x) for x in a.mem_sizes.split(",") if x]:
+        reps = -(-size // bs)
+        d, m = (saved[0] * reps)[:size], (saved[1] * reps)[:size]
+        e, pe = saved[2].repeat(reps, 1)[:size], saved[4].repeat(reps, 1, 1)[:size]
+        run = lambda: eng.inpaint(d, m, pe.to(dev, dt), UNC.to(dev, dt), e.to(dev, dt), list(range(size)),
+                                  SamplingOptions(steps=2, guidance=7.5))
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            run()
+            sync()
+            r = {"batch": size, "peak_MiB": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+                 "kind": "CUDA max_memory_allocated (absolute, weights included)"}
+        else:
+            run()                                   # warm-up: allocator caches and lazy inits not counted
+            with PeakRSS() as p:
+                run()
+            r = {"batch": size, "peak_MiB": round(p.growth / 2**20, 1),
+                 "kind": "CPU peak RSS growth over the run (sampled every 2 ms)"}
+        out.append(r)
+        print(json.dumps(r), flush=True)
+    return out
+
+
+MEM = memory_per_batch_size() if a.mem_sizes else []
 stock = next((r for r in rows if r["variant"].startswith("stock")), None)
 for r in rows:
     r["vs_stock"] = round(r["img_per_s"] / stock["img_per_s"], 3) if stock else None
-res.update(rows=rows, wall_s=round(time.time() - T0, 1), guidance=7.5, paper_steps=a.steps)
-print(f"\n{'variant':44s} {'UNet/img':>8s} {'img/s':>8s} {'x stock':>7s} {'memGiB':>6s} {'PSNR':>6s} {'SSIM':>6s}")
+res.update(rows=rows, memory_per_batch_size=MEM, wall_s=round(time.time() - T0, 1), guidance=7.5, paper_steps=a.steps)
+print(f"\n{'variant':44s} {'UNet/img':>8s} {'full':>5s} {'img/s':>8s} {'x stock':>7s} {'memGiB':>6s} {'PSNR':>6s} {'SSIM':>6s}")
 for r in rows:
-    print(f"{r['variant']:44s} {r['unet_evals_per_img']:8d} {r['img_per_s']:8.3f} {r['vs_stock'] or 0:7.2f} "
+    print(f"{r['variant']:44s} {r['unet_evals_per_img']:8d} {r['full_unet_evals_per_img']:5d} {r['img_per_s']:8.3f} {r['vs_stock'] or 0:7.2f} "
           f"{r['peak_mem_GiB'] or 0:6.2f} {r.get('psnr_in_mask_dB', float('nan')):6.2f} "
           f"{r.get('ssim_in_mask', float('nan')):6.3f}")
+if MEM:
+    print(f"\npeak memory per batch size ({MEM[0]['kind']}):")
+    print("  " + "  ".join(f"batch {m['batch']}: {m['peak_MiB']} MiB" for m in MEM))
 print(json.dumps({"device": res["device"], "batch": bs, "wall_s": res["wall_s"]}))
 if os.environ.get("OUT"):
     with open(os.path.join(os.environ["OUT"], "balance_gpu.json"), "w") as fh:
