@@ -13,7 +13,7 @@ as weights; ``medsoft_aug.evaluate.metrics``) of each variant's output against t
 ratio to the stock pipeline at the same batch size. Prints one JSON line per variant and a table; writes
 ``$OUT/balance_gpu.json`` when OUT is set.
 
-DeepCache (``--deepcache 2,3``): the paper's 50 DDIM steps with the UNet's deep features cached every N steps
+DeepCache (``--deepcache 2,3,5``): the paper's 50 DDIM steps with the UNet's deep features cached every N steps
 (``generate/deepcache.py``); "full UNet/img" counts the evaluations of the whole UNet (the others run only its
 shallow branch). Peak memory per batch size (``--mem-sizes 1,2,4,8``): one paper-settings batch (2 steps: the
 peak is per step) at each size; CUDA: ``torch.cuda.max_memory_allocated`` (absolute, weights included), the
@@ -21,7 +21,7 @@ figure ``balance --batch-size auto`` measures; CPU: the growth of the process's 
 before it, sampled every 2 ms (psutil), labelled as such.
 
 Usage: python bench/balance_gpu.py [--tiny] [--batch 16] [--reps 2] [--no-compile] [--presets dpmsolver++:20,...]
-       [--deepcache 2,3] [--mem-sizes 1,2,4,8]
+       [--deepcache 2,3,5] [--mem-sizes 1,2,4,8]
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ ap.add_argument("--reps", type=int, default=2, help="timed repetitions per varia
 ap.add_argument("--steps", type=int, default=50, help="DDIM steps at paper settings")
 ap.add_argument("--presets", default="ddim:20,dpmsolver++:20,unipc:20,ddim:10,dpmsolver++:10,unipc:10",
                 help="scheduler:steps, comma separated (ddim:N is plain DDIM with fewer steps, for comparison)")
-ap.add_argument("--deepcache", default="2,3", help="DeepCache intervals at paper settings (empty: none)")
+ap.add_argument("--deepcache", default="2,3,5", help="DeepCache intervals at paper settings (empty: none)")
 ap.add_argument("--mem-sizes", default="1,2,4,8", help="batch sizes whose peak memory is measured (empty: none)")
 ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant (default off on CPU)")
 ap.add_argument("--budget", type=float, default=420.0, help="stop starting new variants after this many s")
@@ -278,10 +278,11 @@ stock = next((r for r in rows if r["variant"].startswith("stock")), None)
 for r in rows:
     r["vs_stock"] = round(r["img_per_s"] / stock["img_per_s"], 3) if stock else None
 res.update(rows=rows, memory_per_batch_size=MEM, wall_s=round(time.time() - T0, 1), guidance=7.5, paper_steps=a.steps)
-print(f"\n{'variant':44s} {'UNet/img':>8s} {'full':>5s} {'img/s':>8s} {'x stock':>7s} {'memGiB':>6s} {'PSNR':>6s} {'SSIM':>6s}")
+print(f"\n{'variant':44s} {'UNet/img':>8s} {'full':>5s} {'img/s':>8s} {'x stock':>7s} {'memGiB':>6s} {'PSNR':>6s} "
+      f"{'SSIM':>6s}")
 for r in rows:
-    print(f"{r['variant']:44s} {r['unet_evals_per_img']:8d} {r['full_unet_evals_per_img']:5d} {r['img_per_s']:8.3f} {r['vs_stock'] or 0:7.2f} "
-          f"{r['peak_mem_GiB'] or 0:6.2f} {r.get('psnr_in_mask_dB', float('nan')):6.2f} "
+    print(f"{r['variant']:44s} {r['unet_evals_per_img']:8d} {r['full_unet_evals_per_img']:5d} {r['img_per_s']:8.3f} "
+          f"{r['vs_stock'] or 0:7.2f} {r['peak_mem_GiB'] or 0:6.2f} {r.get('psnr_in_mask_dB', float('nan')):6.2f} "
           f"{r.get('ssim_in_mask', float('nan')):6.3f}")
 if MEM:
     print(f"\npeak memory per batch size ({MEM[0]['kind']}):")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from medsoft_aug.generate.deepcache import deep_cache
 from medsoft_aug.generate.engine import InpaintEngine, SamplingOptions

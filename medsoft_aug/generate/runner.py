@@ -32,8 +32,8 @@ class Generator:
     recorded in MODEL_DIR (see ``geometry.mapping_for_model``)."""
 
     def __init__(self, model_dir: Optional[Path], *, device: str = "auto", batch_size: int | str = 8,
-                 steps: int = 50, guidance: float = 7.5, eta: float = 0.0, trained: Any = None, base_model: Optional[str] = None,
-                 blend: str = "masked", mapping: Optional[GridMapping] = None,
+                 steps: int = 50, guidance: float = 7.5, eta: float = 0.0, trained: Any = None,
+                 base_model: Optional[str] = None, blend: str = "masked", mapping: Optional[GridMapping] = None,
                  scheduler: str = "ddim", fast: Optional[FastPath] = None, deepcache_interval: int = 0,
                  batch_limit: Optional[int] = None):
         """``batch_size``: engine rows per batch, or ``auto`` (``batching``: probed on CUDA, else the CPU default;
