@@ -64,6 +64,10 @@ SchedulerOpt = Annotated[Scheduler, _opt(_SAMPLING, "--scheduler", help="ddim (t
                                          "--steps 20; see bench/RESULTS.md for their measured quality vs 50-step "
                                          "DDIM). The Eq. 7 blend is done at the solver's own timesteps.")]
 Eta = Annotated[float, _opt(_SAMPLING, "--eta", help="DDIM eta (0 = deterministic; >0 adds sigma_t z, Eq. 8).")]
+DeepCacheOpt = Annotated[int, _opt(_SAMPLING, "--deepcache-interval", help="DeepCache (training-free UNet "
+                                  "feature caching): run the whole UNet every N-th step and only its shallow "
+                                  "branch in between (0 = off, the default; see bench/RESULTS.md for its measured "
+                                  "speed and quality vs the plain engine).")]
 BlendOpt = Annotated[Blend, _opt(_SAMPLING, "--blend", help="Latent kept outside the mask during denoising (Eq. "
                                  "7): masked = VAE(I_m), the paper's text; donor = VAE(x0) (no dark band where the "
                                  "soft mask is fractional). Pixels where the mask is 0 are the donor's either "
@@ -82,8 +86,10 @@ CropMargin = Annotated[Optional[float], _opt(_MODEL, "--crop-margin", help="Cont
 Resolution = Annotated[Optional[int], _opt(_MODEL, "--resolution", help="Model resolution in pixels. Default: the "
                                            "trained one (a warning if different).")]
 # ---- engine
-BatchSize = Annotated[int, _opt(_ENGINE, "--batch-size", help="Samples per batch (each with its own mask, prompt, "
-                                "e_MSC, seed).")]
+BatchSize = Annotated[str, _opt(_ENGINE, "--batch-size", help="Engine rows per batch (each with its own mask, "
+                                "prompt, e_MSC, seed), or auto: on CUDA the largest that fits, measured by one "
+                                "denoising step per probed size (peak memory vs free memory, 10% margin); 8 "
+                                "elsewhere. Outputs do not depend on it; the choice is in balance.json.")]
 Device = Annotated[str, _opt(_ENGINE, "--device", help="auto (CUDA + fp16 when available, else CPU), cpu, cuda, "
                              "cuda:N.")]
 DTypeOpt = Annotated[DType, _opt(_ENGINE, "--dtype", help="Weights of UNet/VAE: auto (CUDA fp16, CPU fp32), fp32, "
@@ -124,10 +130,10 @@ def balance_command(
     prompt_mode: PromptModeOpt = PromptMode.auto, seed: Seed = 0, max_synthetic: MaxSynthetic = None,
     normal_class: NormalClass = None, shard: Shard = None,
     steps: Steps = 50, guidance: Guidance = 7.5, scheduler: SchedulerOpt = Scheduler.ddim, eta: Eta = 0.0,
-    blend: BlendOpt = Blend.masked,
+    blend: BlendOpt = Blend.masked, deepcache_interval: DeepCacheOpt = 0,
     base_model: BaseModel = None, geometry: GeometryOpt = None, crop_margin: CropMargin = None,
     resolution: Resolution = None,
-    batch_size: BatchSize = 8, device: Device = "auto", dtype: DTypeOpt = DType.auto,
+    batch_size: BatchSize = "8", device: Device = "auto", dtype: DTypeOpt = DType.auto,
     channels_last: ChannelsLast = False, compile_unet: Compile = False,
     candidates: Candidates = 1, scorer: ScorerOpt = None, min_score: MinScore = None,
     output_format: OutputFormatOpt = OutputFormat.png, images_root: Images = None, dry_run: DryRun = False,

@@ -1,5 +1,7 @@
 """The writing half of ``balance``: create OUT, copy the real rows, then generate the synthetic samples batch by
-batch, writing each (image and mask, each atomically) and appending each finished batch to the resume ledger.
+batch, writing each (image and mask, each atomically) and appending each finished batch to the resume ledger. The
+writing of batch i runs on one background thread while batch i+1 is generated (``writeback``): same bytes, same
+ledger order, errors raised in the loop.
 
 The model (``runner.Generator``) turns donor arrays into synthetic arrays; this module reads the donors from WORK
 (``workdir.load_pair``) and writes what comes back through ``writers``; ``outdir`` holds the resume state.
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -58,39 +61,59 @@ def write_outputs(job: Job, gen: Optional[Generator], picker: Optional[Picker], 
         raise
 
 
+WRITE_AHEAD = 1      # batches queued for the background writer (writeback.py); 0: the sequential loop (tests)
+
+
 def generate(job: Job, gen: Generator, picker: Picker, todo: list[PlanItem], rows: dict[str, dict],
              failures: FailureList) -> int:
     """Inpaint ``todo`` batch by batch (K candidates per planned sample, each with its own seed, in the same
-    engine batch of about ``batch_size`` rows); keep each sample's chosen candidate and write it, then append
-    the batch to the ledger (only whole batches are listed). Adds rows and failures in place; returns the
-    number of samples generated."""
+    engine batch of about ``batch_size`` rows); while the next batch is generated, a background thread keeps
+    each sample's chosen candidate, writes and hashes it, and appends the batch to the ledger (only whole
+    batches are listed; ``writeback.BackgroundWriter``: in order, errors raised here). Adds rows and failures in
+    place (in the sequential order); returns the number of samples generated."""
     from .select import candidate_seed
+    from .writeback import BackgroundWriter
 
     by_id = job.index.set_index("sample_id", drop=False)
     mask_of = dict(zip(job.masks["sample_id"], job.masks["mask"]))
-    generated, k = 0, picker.k
+    k, done = picker.k, {"samples": 0, "items": 0}
     per_batch = max(1, gen.batch_size // k)
     n_batches = -(-len(todo) // per_batch)
     report(job.on_progress, "balance", 0, len(todo))
-    for start in range(0, len(todo), per_batch):
-        batch = todo[start:start + per_batch]
-        ok, pairs = [], []
-        for it in batch:
-            try:
-                pairs.append(donor_pair(job.work, by_id, mask_of, it.donor_id))
-                ok.append(it)
-            except InputError as e:
-                failures.add(it.sample_id, str(e))
-        on_step = batch_steps(job.on_progress, "balance: denoising steps", start // per_batch, n_batches)
-        outs = gen.inpaint([p[0] for p in pairs for _ in range(k)], [p[1] for p in pairs for _ in range(k)],
-                           [it.prompt for it in ok for _ in range(k)],
-                           [candidate_seed(it.seed, j) for it in ok for j in range(k)], on_step) if ok else []
-        new = _keep_and_write(job, gen, picker, ok, pairs, outs, by_id, failures)
-        job.ledger.append(new.values())                   # O(batch), durable before the next batch starts
-        rows.update(new)
-        generated += len(new)
-        report(job.on_progress, "balance", start + len(batch), len(todo))
-    return generated
+    with BackgroundWriter(depth=WRITE_AHEAD) as writer:
+        for start in range(0, len(todo), per_batch):
+            batch = todo[start:start + per_batch]
+            ok, pairs, bad = [], [], []
+            for it in batch:
+                try:
+                    pairs.append(donor_pair(job.work, by_id, mask_of, it.donor_id))
+                    ok.append(it)
+                except InputError as e:
+                    bad.append((it.sample_id, str(e)))
+            on_step = batch_steps(job.on_progress, "balance: denoising steps", start // per_batch, n_batches)
+            outs = gen.inpaint([p[0] for p in pairs for _ in range(k)], [p[1] for p in pairs for _ in range(k)],
+                               [it.prompt for it in ok for _ in range(k)],
+                               [candidate_seed(it.seed, j) for it in ok for j in range(k)], on_step) if ok else []
+            writer.submit(partial(_finish_batch, job, gen, picker, ok, pairs, outs, bad, by_id, rows, failures,
+                                  done, len(batch)))
+            report(job.on_progress, "balance", done["items"], len(todo))
+    report(job.on_progress, "balance", done["items"], len(todo))
+    return done["samples"]
+
+
+def _finish_batch(job: Job, gen: Generator, picker: Picker, ok: list[PlanItem],
+                  pairs: list[tuple[np.ndarray, np.ndarray]], outs: list[np.ndarray], bad: list[tuple[str, str]],
+                  by_id: pd.DataFrame, rows: dict[str, dict], failures: FailureList, done: dict[str, int],
+                  n_items: int) -> None:
+    """The CPU half of one batch (on the writer thread): the donors that could not be read, then each
+    sample's choice and files (``_keep_and_write``), then the ledger (O(batch), durable) and ``rows``."""
+    for sid, problem in bad:
+        failures.add(sid, problem)
+    new = _keep_and_write(job, gen, picker, ok, pairs, outs, by_id, failures)
+    job.ledger.append(new.values())
+    rows.update(new)
+    done["samples"] += len(new)
+    done["items"] += n_items
 
 
 def _keep_and_write(job: Job, gen: Generator, picker: Picker, ok: list[PlanItem],

@@ -15,6 +15,7 @@ import pandas as pd
 from ..errors import UsageError
 from ..geometry import MODES
 from ..workdir import check_work, images_root_of, normal_class_of
+from .batching import parse_batch_size
 from .fastpath import FastPath
 from .plan import parse_shard
 from .scaleout import AutoShard, resolve_shard, shard_dir
@@ -36,10 +37,14 @@ class BalanceOptions:
     only the K-th of N shares.
     Sampling (the paper's by default): ``steps`` DDIM steps, CFG scale ``guidance``, DDIM ``eta``; ``blend``:
     Eq. 7's latent outside the mask, ``masked`` = VAE(I_m) or ``donor`` = VAE(x0); ``scheduler``: ``ddim`` or a
-    multistep solver (``dpmsolver++``, ``unipc``; see engine.SamplingOptions).
+    multistep solver (``dpmsolver++``, ``unipc``; see engine.SamplingOptions); ``deepcache_interval`` N > 0:
+    DeepCache, the UNet's deep features reused between full evaluations every N steps (``generate.deepcache``;
+    in the fingerprint when set, so a run without it is unchanged).
     Model and grid: ``base_model`` overrides MODEL_DIR's base (same hash); ``geometry`` / ``crop_margin`` /
     ``resolution`` override its grid mapping (warned).
-    Engine: ``batch_size`` engine rows per batch, ``device``; ``dtype`` / ``channels_last`` / ``compile_unet``:
+    Engine: ``batch_size`` engine rows per batch, or ``auto`` (``generate.batching``: the largest that fits on
+    CUDA, measured; a fixed default elsewhere; recorded in balance.json's ``batch``; outputs never depend on
+    it), ``device``; ``dtype`` / ``channels_last`` / ``compile_unet``:
     fast-path options (``fastpath.FastPath``), not part of the fingerprint (outputs equal within the tolerances
     tested), recorded in balance.json's ``engine``.
     Selection: ``candidates`` K > 1 makes K candidates per planned sample and keeps the best by ``scorer``
@@ -64,13 +69,14 @@ class BalanceOptions:
     eta: float = 0.0
     blend: str = "masked"                      # BLENDS
     scheduler: str = "ddim"                    # SCHEDULERS
+    deepcache_interval: int = 0                # 0 off; N: whole UNet every N steps (generate/deepcache.py)
     # model and its grid mapping (None: MODEL_DIR's)
     base_model: Optional[str] = None
     geometry: Optional[str] = None             # geometry.MODES
     crop_margin: Optional[float] = None
     resolution: Optional[int] = None
     # engine
-    batch_size: int = 8
+    batch_size: int | str = 8                  # or "auto" (generate/batching.py)
     device: str = "auto"
     dtype: str = "auto"                        # auto | fastpath.DTYPES
     channels_last: bool = False
@@ -89,6 +95,11 @@ class BalanceOptions:
     def fast(self) -> FastPath:
         """The engine fast-path options."""
         return FastPath(dtype=self.dtype, channels_last=self.channels_last, compile=self.compile_unet)
+
+    @property
+    def batch_request(self) -> int | str:
+        """``batch_size`` parsed: an int >= 1 or ``"auto"``."""
+        return parse_batch_size(self.batch_size)
 
     @property
     def scorer_kind(self) -> Optional[str]:
@@ -127,8 +138,12 @@ class BalanceOptions:
             (self.output_format in FORMATS,
              f"--output-format must be one of {', '.join(FORMATS)}, got {self.output_format!r}"),
             (self.blend in BLENDS, f"--blend must be masked or donor, got {self.blend!r}"),
-            (self.steps >= 1 and self.batch_size >= 1 and self.guidance >= 0 and self.eta >= 0,
-             "--steps and --batch-size must be >= 1, --guidance and --eta >= 0"),
+            (self.steps >= 1 and self.guidance >= 0 and self.eta >= 0,
+             "--steps must be >= 1, --guidance and --eta >= 0"),
+            (_batch_size_ok(self.batch_size), f"--batch-size must be an integer >= 1 or auto, got {self.batch_size!r}"),
+            (self.deepcache_interval >= 0, f"--deepcache-interval must be >= 0, got {self.deepcache_interval}"),
+            (not (self.deepcache_interval and self.compile_unet),
+             "--deepcache-interval does not combine with --compile (DeepCache's wrappers keep Python state per call)"),
             (self.geometry is None or self.geometry in MODES,
              f"--geometry must be one of {', '.join(MODES)}, got {self.geometry!r}"),
             ((self.crop_margin is None or self.crop_margin >= 0) and (self.resolution is None or self.resolution >= 8),
@@ -155,7 +170,8 @@ class BalanceOptions:
                 "blend": self.blend, "scheduler": self.scheduler, "output_format": self.output_format,
                 "shard": f"{inputs.k}/{inputs.n}", "normal_class": inputs.normal_class, "geometry": mapping,
                 "candidates": int(self.candidates), "scorer": self.scorer_kind or "",
-                "min_score": None if self.min_score is None else float(self.min_score)}
+                "min_score": None if self.min_score is None else float(self.min_score),
+                **({"deepcache_interval": int(self.deepcache_interval)} if self.deepcache_interval else {})}
 
     def row_constants(self, model_name: str, model_sha: str) -> dict[str, str]:
         """The manifest fields every synthetic row of the run shares."""
@@ -179,3 +195,11 @@ class Inputs:
     root: Optional[Path] = None
     out: Optional[Path] = None
     fmt_root: Optional[Path] = None
+
+
+def _batch_size_ok(value: Any) -> bool:
+    try:
+        parse_batch_size(value)
+        return True
+    except (TypeError, ValueError):
+        return False

@@ -112,6 +112,7 @@ def balance(work: str | Path, model: Optional[str | Path] = None, out: Optional[
         record = {**run_record(fingerprint, recorded, inp.work, inp.model_dir, plan, (inp.k, inp.n, len(items)),
                                generated, skipped, failures, (load_s, gen_s, time.time() - t0)),
                   "warnings": warnings, "engine": opts.fast.to_dict(),
+                  "batch": {"requested": opts.batch_request, **(gen.batch if gen is not None else {})},
                   **selection_record(picker, rows, items, generated, gen_s)}
         atomic_write_json(out / "balance.json", record)
         write_final_manifest(out, rows)
@@ -141,9 +142,10 @@ def _load_generator(todo: list[PlanItem], model_dir: Path, opts: BalanceOptions,
     t0 = time.time()
     if not todo:
         return None, time.time() - t0
-    gen = Generator(model_dir, device=opts.device, batch_size=opts.batch_size, steps=opts.steps,
+    gen = Generator(model_dir, device=opts.device, batch_size=opts.batch_request, steps=opts.steps,
                     guidance=opts.guidance, eta=opts.eta, base_model=opts.base_model, blend=opts.blend,
-                    mapping=GridMapping.from_dict(mapping), scheduler=opts.scheduler, fast=opts.fast)
+                    mapping=GridMapping.from_dict(mapping), scheduler=opts.scheduler, fast=opts.fast,
+                    deepcache_interval=opts.deepcache_interval, batch_limit=len(todo) * opts.candidates)
     return gen, time.time() - t0
 
 
