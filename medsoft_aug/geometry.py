@@ -20,11 +20,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:        # torch is imported where tensors are made: `balance --dry-run` reads MODES without it
+    import torch
 
 log = logging.getLogger("medsoft_aug.geometry")
 
@@ -103,6 +104,8 @@ class GridMapping:
     def to_native(self, model_image: torch.Tensor, window: Window, shape: tuple[int, int]) -> np.ndarray:
         """A model-grid image (..., R, R) -> (H, W) float32: resized to the window and placed in it; pixels
         outside the window are NaN (nothing was generated there)."""
+        import torch.nn.functional as F
+
         t = model_image.detach().float().cpu().reshape(1, 1, *model_image.shape[-2:])
         if tuple(t.shape[-2:]) != (window.side, window.side):
             t = F.interpolate(t, size=(window.side, window.side), mode="bilinear", antialias=True,
@@ -179,6 +182,9 @@ def _take(arr: np.ndarray, win: Window, pad: str) -> np.ndarray:
 
 def _resize(square: np.ndarray, resolution: int, kind: str) -> torch.Tensor:
     """(s, s) -> (1, 1, R, R): image bilinear antialiased; mask area-averaged when shrinking, else bilinear."""
+    import torch
+    import torch.nn.functional as F
+
     t = torch.from_numpy(np.ascontiguousarray(square, dtype=np.float32))[None, None]
     if t.shape[-1] == resolution:
         return t

@@ -60,3 +60,42 @@ def test_every_option_is_a_cli_parameter_of_the_same_name():
 
     params = set(inspect.signature(balance_command).parameters) - {"ctx", *_NOT_OPTIONS}
     assert params == {f.name for f in dataclasses.fields(BalanceOptions)}
+
+
+def test_help_and_dry_run_import_neither_numpy_nor_torch(work):
+    """`--help` needs neither numpy nor torch, `balance --dry-run` no torch (bench/startup.py times them)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom medsoft_aug.cli.app import app\n"
+            "r = CliRunner().invoke(app, ['--help'])\nassert r.exit_code == 0, r.output\n"
+            "print('numpy' in sys.modules, 'torch' in sys.modules)\n"
+            f"r = CliRunner().invoke(app, ['balance', {str(work)!r}, '--dry-run'])\nassert r.exit_code == 0, r.output\n"
+            "print('torch' in sys.modules)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False", "False", "False"]
+
+
+def test_model_hash_uses_the_recorded_weights_hashes_and_a_replaced_file_is_refused(work, tiny_model_dir, tmp_path):
+    import hashlib
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from medsoft_aug.cli.app import app
+    from medsoft_aug.fsutil import sha256_file
+    from medsoft_aug.generate.stage import _MODEL_FILES, model_dir_sha256
+
+    h = hashlib.sha256()
+    for name in _MODEL_FILES:
+        if (tiny_model_dir / name).is_file():
+            h.update(f"{name}:{sha256_file(tiny_model_dir / name)}\n".encode())
+    assert model_dir_sha256(tiny_model_dir) == h.hexdigest()         # = every file hashed
+    bad = shutil.copytree(tiny_model_dir, tmp_path / "bad")
+    raw = bytearray((bad / "adapter.safetensors").read_bytes())
+    raw[-1] ^= 0xFF
+    (bad / "adapter.safetensors").write_bytes(bytes(raw))
+    r = CliRunner().invoke(app, ["balance", str(work), "--model", str(bad), "-o", str(tmp_path / "o"), "--steps", "1",
+                                 "--device", "cpu"])
+    assert r.exit_code == 3 and "adapter.safetensors" in r.stderr and not (tmp_path / "o").exists(), r.stderr

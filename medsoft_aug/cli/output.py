@@ -23,7 +23,6 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 from ..errors import MedsoftError, PartialFailure
-from ..fsutil import _json_default
 
 # Set per invocation by the root callback (debug, quiet, threads) and RootGroup.main (json).
 STATE: dict[str, Any] = {"debug": bool(os.environ.get("MEDSOFT_AUG_DEBUG")), "quiet": False, "json": False,
@@ -52,6 +51,8 @@ def setup_logging(debug: bool, quiet: bool = False) -> None:
 
 
 def print_json(obj: Any) -> None:
+    from ..fsutil import _json_default         # numpy: not imported for --help
+
     sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
     sys.stdout.flush()
 

@@ -56,13 +56,22 @@ _MODEL_FILES = ("medsoft_model.json", "msc.safetensors", "adapter.safetensors", 
 
 # ---- inputs ------------------------------------------------------------------------------------------------
 def model_dir_sha256(model_dir: Path) -> str:
-    """Content hash of a MODEL_DIR: its config and weight files (the base model is pinned inside the config)."""
-    if not (model_dir / "medsoft_model.json").is_file():
+    """Content hash of a MODEL_DIR: its config and weight files (the base model is pinned inside the config).
+
+    A weight file's hash is the one medsoft_model.json records for it when it records one (loading the model
+    checks the file against it, ``modeldir.load_weights``): each weight file is read and hashed once per run."""
+    meta_file = model_dir / "medsoft_model.json"
+    if not meta_file.is_file():
         raise ModelError(f"model folder {model_dir} not found or has no medsoft_model.json: run `medsoft-aug train`")
+    try:
+        recorded = json.loads(meta_file.read_text("utf-8")).get("files") or {}
+    except (OSError, ValueError, AttributeError):
+        recorded = {}                                   # read_meta names the problem when the model is loaded
     h = hashlib.sha256()
     for name in _MODEL_FILES:
         if (model_dir / name).is_file():
-            h.update(f"{name}:{sha256_file(model_dir / name)}\n".encode())
+            sha = recorded.get(name) if name != "medsoft_model.json" and isinstance(recorded, dict) else None
+            h.update(f"{name}:{sha if isinstance(sha, str) else sha256_file(model_dir / name)}\n".encode())
     return h.hexdigest()
 
 
