@@ -16,10 +16,9 @@ thread), each ``--repeats`` times, and prints medians:
 (and the CPU seconds of the --help, dry-run and whole balance / train processes: on a shared machine the wall
 times grow with the load, the CPU times much less)
 
-and, from one `python -X importtime` run of each of `--help`, `balance` and `train`, the top-level packages by
-import time (cumulative, of the first import of each package) and the heavy optional packages each one imports
-(open_clip, torchvision, highdicom, matplotlib, sklearn, ...), which a command should import only when it uses
-them.
+and, from one `python -X importtime` run of each of `--help`, `balance --dry-run`, `balance` and `train`, the
+seconds spent importing and the heavy packages imported with the cumulative seconds of each (torch, diffusers,
+open_clip, torchvision, highdicom, matplotlib, sklearn, ...): a command should import only what it uses.
 
 Usage: python bench/startup.py [--repeats 5] [--keep DIR]
 """
@@ -78,19 +77,35 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def import_profile(args: list[str], env: dict[str, str]) -> tuple[list[tuple[str, float]], list[str]]:
-    """(top-level packages by cumulative import seconds, the HEAVY packages imported) of one run of ``args``."""
+def import_profile(args: list[str], env: dict[str, str]) -> tuple[float, dict[str, float]]:
+    """(seconds of all imports, {HEAVY package: cumulative seconds of its own import}) of one run of ``args``;
+    packages nest (diffusers' time includes the transformers it imports), so the figures do not add up."""
     r = subprocess.run([sys.executable, "-X", "importtime", *CLI[1:], *args], stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE, text=True, env=env)
-    per_pkg: dict[str, float] = {}
+    total, heavy = 0.0, {}
     for line in r.stderr.splitlines():
-        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)", line)
-        if m and not m.group(3):                             # a top-level import: its cumulative time
-            pkg = m.group(4).split(".")[0]
-            per_pkg[pkg] = per_pkg.get(pkg, 0.0) + int(m.group(2)) / 1e6
-    names = {m.group(1).split(".")[0] for m in re.finditer(r"\| +(\S+)$", r.stderr, re.M)}
-    top = sorted(per_pkg.items(), key=lambda kv: -kv[1])[:8]
-    return top, [h for h in HEAVY if h in names]
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)$", line)
+        if not m:
+            continue
+        if not m.group(3):
+            total += int(m.group(2)) / 1e6                  # top-level imports hold every nested one
+        if m.group(4) in HEAVY and m.group(4) not in heavy:
+            heavy[m.group(4)] = int(m.group(2)) / 1e6
+    return total, heavy
+
+
+def print_import_profiles(work: Path, model: Path, root: Path, env: dict[str, str]) -> None:
+    for name, args in (("--help", ["--help"]),
+                       ("balance --dry-run", ["balance", str(work), "--dry-run"]),
+                       ("balance", ["--threads", "1", "balance", str(work), "--model", str(model), "-o",
+                                    str(root / "out_profile"), "--steps", "2", "--batch-size", "4", "--device", "cpu"]),
+                       ("train", ["--threads", "1", "train", str(work), "-o", str(root / "model_profile"),
+                                  "--max-steps", "1", "--device", "cpu", "--checkpoint-every", "0", "--geometry",
+                                  "pad"])):
+        total, heavy = import_profile(args, env)
+        ranked = sorted(heavy.items(), key=lambda kv: -kv[1])
+        print(f"imports of {name}: {total:.2f} s in all; " + (", ".join(f"{p} {t:.2f}" for p, t in ranked) or
+                                                              "none of the heavy packages"))
 
 
 def main() -> None:
@@ -140,16 +155,7 @@ def main() -> None:
               f"median of {a.repeats} (min-max)")
         for name, vals in runs.items():
             print(f"  {name:<24} {statistics.median(vals):7.2f} s   ({min(vals):.2f}-{max(vals):.2f})")
-        out = root / "out_profile"
-        for name, args in (("--help", ["--help"]),
-                           ("balance", ["--threads", "1", "balance", str(work), "--model", str(model), "-o", str(out),
-                                        "--steps", "2", "--batch-size", "4", "--device", "cpu"]),
-                           ("train", ["--threads", "1", "train", str(work), "-o", str(root / "model_profile"),
-                                      "--max-steps", "1", "--device", "cpu", "--checkpoint-every", "0",
-                                      "--geometry", "pad"])):
-            top, heavy = import_profile(args, env)
-            print(f"imports of {name}: " + ", ".join(f"{p} {s:.2f} s" for p, s in top))
-            print(f"  heavy packages imported: {', '.join(heavy) or 'none'}")
+        print_import_profiles(work, model, root, env)
     finally:
         if a.keep is None:
             shutil.rmtree(root, ignore_errors=True)
