@@ -304,7 +304,7 @@ def table(out: dict) -> None:
           f"{out['warmup']} warm-up")
     ref = {r["batch"]: r["img_per_s"] for r in out["rows"] if r.get("engine", "").startswith("reference fp32")
            and "oom" not in r}
-    print(f"{'step':62s} {'batch':>5s} {'img/s':>9s} {'x ref fp32':>10s} {'peak GiB':>9s}")
+    print(f"{'step':62s} {'batch':>5s} {'img/s':>9s} {'x ref fp32':>10s} {'peak GiB':>9s} {'setup s':>8s}")
     for r in out["rows"]:
         if r.get("oom"):
             print(f"{r['engine']:62s} {r['batch']:5d}   out of memory")
@@ -313,8 +313,9 @@ def table(out: dict) -> None:
             print(f"{r['engine']:62s} {r['samples']:5d} {r['img_per_s']:9.2f}")
             continue
         mem = f"{r['peak_mem_GiB']:.2f}" if r["peak_mem_GiB"] is not None else "-"
+        setup = f"{r['setup_cache_s']:.1f}" if "setup_cache_s" in r else "-"
         print(f"{r['engine']:62s} {r['batch']:5d} {r['img_per_s']:9.2f} {r['img_per_s'] / ref[r['batch']]:10.2f} "
-              f"{mem:>9s}")
+              f"{mem:>9s} {setup:>8s}")
 
 
 def main() -> None:

@@ -172,6 +172,15 @@ class SMISTask:
         except KeyError:
             return None
 
+    def _gather(self, cache: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Rows of a cache on the training device. On CUDA through pinned memory with non-blocking copies: a
+        pageable host-to-device copy would wait for every queued kernel (a host sync each step)."""
+        if self.device.type != "cuda":
+            return cache[rows].to(self.device)
+        if cache.device.type == "cuda":
+            return cache[rows.pin_memory().to(self.device, non_blocking=True)]
+        return cache[rows].pin_memory().to(self.device, non_blocking=True)
+
     def _posterior(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 1, R, R) in [0, 1] -> VAE posterior mean and std (B, C, h, w), float32."""
         dist = self.vae.encode(vae_input(image).to(self.vae.dtype)).latent_dist
@@ -180,7 +189,7 @@ class SMISTask:
     def _latents(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         rows = self._rows(batch)
         if self.cache_latents and rows is not None:
-            mu, sigma = self.lat_mu[rows].to(self.device), self.lat_sigma[rows].to(self.device)
+            mu, sigma = self._gather(self.lat_mu, rows), self._gather(self.lat_sigma, rows)
         else:
             with torch.no_grad():
                 mu, sigma = self._posterior(batch["image"])
@@ -195,7 +204,7 @@ class SMISTask:
                             for t in batch["text"]])
         e, rows = None, self._rows(batch)
         if self.msc_embed is not None and rows is not None:
-            e = self.e_msc[rows].to(self.device)
+            e = self._gather(self.e_msc, rows)
         elif self.msc_embed is not None:                                   # not cached (validation samples)
             with torch.no_grad():
                 e = self.msc_embed(batch["image"], batch["soft_mask"], batch["text"]).float()
@@ -229,9 +238,10 @@ class SMISTask:
             target = noise
         return masked_noise_loss(pred, target, m_b)
 
-    def loss(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Eq. 6 with CFG dropout; the logs hold the detached loss tensor (reading it would sync the GPU)."""
         loss = self._step_loss(self._model, batch, generator, dropout=True)
-        return loss, {"loss": float(loss.detach())}
+        return loss, {"loss": loss.detach()}
 
     def evaluate(self, batch: dict) -> dict[str, float]:
         """Validation masked loss without CFG dropout, with noise fixed by the batch's first index."""
