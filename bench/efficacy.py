@@ -6,6 +6,10 @@
         -> evaluate classify --manifest medsoft=... --manifest no-msc=... --manifest no-smis=...
            (+ the built-in baseline, oversample and classical methods; ResNet-18 over seeds, paired t-test)
         -> evaluate quality for each model (held-out diseased test samples inpainted with their own description)
+    --variants medsoft sel-classifier sel-feature: the medsoft model balanced again with post-selection
+    (`balance --candidates K --scorer classifier|feature --min-score F`; same model, seed and plan as medsoft), so
+    the paired comparison medsoft vs medsoft + selection differs in selection only; seconds per kept sample
+    (balance.json's generate_s / generated) are printed for every balance run.
 
 Prints Table 1b (mean ± std over seeds, real test split only) with per-class rows and the paired verdicts, and
 writes OUT/efficacy.json and a report (OUT/report/: summary.md, per-class F1 bars, ROC per class, confusion
@@ -15,6 +19,7 @@ rerun with the same options. Whatever the numbers say is the finding: nothing he
 Usage (from the repository root):
     python bench/efficacy.py --quick --threads 1      # 32 studies, small budgets: a short run
     python bench/efficacy.py --threads 1              # the full protocol: 160 studies, 3 seeds
+    python bench/efficacy.py --threads 1 --variants medsoft sel-classifier sel-feature   # with / without selection
 On a shared, loaded CPU one torch thread is much faster than torch's default.
 """
 from __future__ import annotations
@@ -30,6 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 TABLE = (("auc", "AUC"), ("accuracy", "Acc"), ("precision", "Pre"), ("recall", "Rec"), ("f1", "F1"),
          ("minority_f1", "minority F1"))
 VARIANTS = {"medsoft": {}, "no-msc": {"no_msc": True}, "no-smis": {"mask_mode": "hard"}}
+SELECTION = {"sel-classifier": "classifier", "sel-feature": "feature"}   # variant -> scorer (medsoft's model)
+KEEP_BEST = {"classifier": 0.0, "feature": -2.0}   # the lowest score each scorer gives: the floor keeps the best
+TINY_BASE_UNET = REPO / "medsoft_aug" / "models" / "tiny_base" / "unet" / "diffusion_pytorch_model.safetensors"
 PRESETS = {
     "quick": dict(n_studies=32, train_steps=60, steps=20, seeds=2, epochs=8, resolution=64),
     "full": dict(n_studies=160, train_steps=300, steps=50, seeds=3, epochs=15, resolution=64),
@@ -50,8 +58,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="seed of data generation, training and generation")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
-                   help="generated methods to run (default: all three)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=[*VARIANTS, *SELECTION],
+                   help="generated methods to run (default: medsoft, no-msc, no-smis; sel-*: medsoft's model "
+                        "with post-selection)")
+    p.add_argument("--candidates", type=int, default=3, help="K of the sel-* variants")
+    p.add_argument("--min-score", type=float, help="floor of the sel-* variants (default: the scorer's lowest "
+                                                   "score, i.e. keep the best candidate; see KEEP_BEST)")
     p.add_argument("--skip-quality", action="store_true", help="skip evaluate quality")
     a = p.parse_args(argv)
     preset = PRESETS["quick" if a.quick else "full"]
@@ -117,23 +129,16 @@ def run_protocol(a: argparse.Namespace, lap) -> tuple[dict, dict, dict]:
     lap("data, ingest, masks", t)
     balanced, models = {}, {}
     for name in a.variants:
-        model = out / f"model_{name}_{tag}_ts{a.train_steps}"
-        bal = out / f"balanced_{name}_{tag}_ts{a.train_steps}_st{a.steps}"
         t = time.time()
-        api.train(work, model, max_steps=a.train_steps, seed=a.seed, device=a.device, **VARIANTS[name])
-        lap(f"train {name}", t)
-        t = time.time()
-        balanced[name] = api.balance(work, model, bal, target_ratio=1.0, steps=a.steps, seed=a.seed,
-                                     device=a.device)
-        balanced[name]["out"], models[name] = bal, model
-        lap(f"balance {name}", t)
+        balanced[name], models[name] = balance_variant(a, work, tag, name)
+        lap(f"train, balance {name}", t)
     t = time.time()
     cres = api.evaluate_classify({n: balanced[n]["out"] / "manifest.csv" for n in a.variants}, out / "classify",
                                  seeds=a.seeds, epochs=a.epochs, resolution=a.resolution, seed=a.seed,
                                  device=a.device, report_dir=out / "report")
     lap("classify", t)
     quality = {}
-    for name in ([] if a.skip_quality else a.variants):
+    for name in ([] if a.skip_quality else [v for v in a.variants if v not in SELECTION]):   # one per model
         t, qout = time.time(), out / f"quality_{balanced[name]['out'].name}"
         if (qout / "quality.json").is_file():          # a finished run of the same variant and options
             q = json.loads((qout / "quality.json").read_text())
@@ -144,6 +149,54 @@ def run_protocol(a: argparse.Namespace, lap) -> tuple[dict, dict, dict]:
                                                "fid", "fid_features", "background")}
         lap(f"quality {name}", t)
     return balanced, cres, quality
+
+
+def balance_variant(a: argparse.Namespace, work: Path, tag: str, name: str) -> tuple[dict, Path]:
+    """Train the variant's model (sel-*: medsoft's; a finished model is reused) and balance WORK with it
+    (balance's defaults; sel-*: with --candidates / --scorer / --min-score). Returns (result, model dir)."""
+    from medsoft_aug import api
+
+    base = "medsoft" if name in SELECTION else name
+    model = a.out / f"model_{base}_{tag}_ts{a.train_steps}"
+    api.train(work, model, max_steps=a.train_steps, seed=a.seed, device=a.device, **VARIANTS[base])
+    bal = a.out / f"balanced_{name}_{tag}_ts{a.train_steps}_st{a.steps}"
+    sel = {}
+    if name in SELECTION:
+        floor = KEEP_BEST[SELECTION[name]] if a.min_score is None else a.min_score
+        bal = bal.with_name(f"{bal.name}_k{a.candidates}_f{floor}")
+        sel = dict(candidates=a.candidates, scorer=SELECTION[name], min_score=floor)
+    res = api.balance(work, model, bal, target_ratio=1.0, steps=a.steps, seed=a.seed, device=a.device, **sel)
+    res["out"], res["cost"] = bal, balance_cost(bal)
+    return res, model
+
+
+def balance_cost(bal: Path) -> dict:
+    """What one balance run cost, from its balance.json (the run that generated, also when reused)."""
+    rec = json.loads((bal / "balance.json").read_text())
+    t, n = rec.get("timings", {}), rec.get("generated") or 0
+    sel = rec.get("selection") or {}
+    return {"candidates": sel.get("candidates", 1), "scorer": sel.get("scorer"), "floor": sel.get("floor"),
+            "kept": n, "generate_s": t.get("generate_s"), "load_model_s": t.get("load_model_s"),
+            "seconds_per_kept_sample": round(t["generate_s"] / n, 3) if n and t.get("generate_s") else None,
+            "evidence": {c: e.get("text") for c, e in (rec.get("evidence") or {}).items()}}
+
+
+def code_state() -> dict:
+    """The code the figures were measured on: git commit (when REPO is a checkout) and the tiny base's weights."""
+    import hashlib
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            r = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10)
+        except OSError:
+            return None
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    sha = hashlib.sha256(TINY_BASE_UNET.read_bytes()).hexdigest() if TINY_BASE_UNET.is_file() else None
+    return {"commit": git("rev-parse", "HEAD") or None, "uncommitted_changes": None if status is None else bool(status),
+            "tiny_base_unet_sha256": sha}
 
 
 def lesion_evidence(balance_out: Path) -> dict:
@@ -182,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
+    code = code_state()              # before any stage: the tiny base the models are trained from
     times: dict[str, float] = {}
     t_all = time.time()
 
@@ -197,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         "preset": "quick" if a.quick else "full",
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": a.device},
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}, "code": code,
+        "balance_cost": {n: b["cost"] for n, b in balanced.items()},
         "counts_before": first.get("counts_before"),
         "counts_after": {n: b.get("counts_after") for n, b in balanced.items()},
         "n_test": info["n_test"], "test_class_counts": info["test_class_counts"],
@@ -227,6 +282,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name} {lab}: donor {c['donor_mean']:.3f} -> synthetic {c['synthetic_mean']:.3f} "
                   f"(real {lab} lesions {c['real_lesion_mean']:.3f}); {c['text']}; "
                   f"contrast {c['mean_contrast']:+.3f}")
+    print("\nCost of each balance run (seconds per kept sample = generate_s / kept, from balance.json):")
+    for name, c in summary["balance_cost"].items():
+        ev = "; ".join(f"{k}: {v}" for k, v in c["evidence"].items())
+        print(f"  {name}: K = {c['candidates']}, scorer {c['scorer'] or '-'}, floor {c['floor']}: {c['kept']} "
+              f"kept, {c['seconds_per_kept_sample']} s per kept sample; {ev}")
+    print(f"\nCode: commit {code['commit']} (uncommitted changes: {code['uncommitted_changes']}), tiny base unet "
+          f"sha256 {code['tiny_base_unet_sha256']}.")
     print(f"\nReport: {a.out / 'report' / 'summary.md'}; total {summary['total_s']} s.")
     return 0
 
