@@ -165,8 +165,11 @@ def balance_variant(a: argparse.Namespace, work: Path, tag: str, name: str) -> t
         floor = KEEP_BEST[SELECTION[name]] if a.min_score is None else a.min_score
         bal = bal.with_name(f"{bal.name}_k{a.candidates}_f{floor}")
         sel = dict(candidates=a.candidates, scorer=SELECTION[name], min_score=floor)
+    cpu = time.process_time()
     res = api.balance(work, model, bal, target_ratio=1.0, steps=a.steps, seed=a.seed, device=a.device, **sel)
+    cpu, n = time.process_time() - cpu, res.get("generated") or 0       # 0: a finished run was reused
     res["out"], res["cost"] = bal, balance_cost(bal)
+    res["cost"]["cpu_s_per_kept_sample"] = round(cpu / n, 3) if n else None   # this process, this run only
     return res, model
 
 
@@ -282,11 +285,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name} {lab}: donor {c['donor_mean']:.3f} -> synthetic {c['synthetic_mean']:.3f} "
                   f"(real {lab} lesions {c['real_lesion_mean']:.3f}); {c['text']}; "
                   f"contrast {c['mean_contrast']:+.3f}")
-    print("\nCost of each balance run (seconds per kept sample = generate_s / kept, from balance.json):")
+    print("\nCost of each balance run (wall s per kept sample = generate_s / kept, from balance.json; CPU s of "
+          "this process around the whole balance call, None when a finished run was reused):")
     for name, c in summary["balance_cost"].items():
         ev = "; ".join(f"{k}: {v}" for k, v in c["evidence"].items())
         print(f"  {name}: K = {c['candidates']}, scorer {c['scorer'] or '-'}, floor {c['floor']}: {c['kept']} "
-              f"kept, {c['seconds_per_kept_sample']} s per kept sample; {ev}")
+              f"kept, {c['seconds_per_kept_sample']} s (CPU {c.get('cpu_s_per_kept_sample')} s) per kept sample; {ev}")
     print(f"\nCode: commit {code['commit']} (uncommitted changes: {code['uncommitted_changes']}), tiny base unet "
           f"sha256 {code['tiny_base_unet_sha256']}.")
     print(f"\nReport: {a.out / 'report' / 'summary.md'}; total {summary['total_s']} s.")
