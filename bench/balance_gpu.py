@@ -18,7 +18,9 @@ DeepCache (``--deepcache 2,3,5``): the paper's 50 DDIM steps with the UNet's dee
 shallow branch). Peak memory per batch size (``--mem-sizes 1,2,4,8``): one paper-settings batch (2 steps: the
 peak is per step) at each size; CUDA: ``torch.cuda.max_memory_allocated`` (absolute, weights included), the
 figure ``balance --batch-size auto`` measures; CPU: the growth of the process's RSS over the run above its RSS
-before it, sampled every 2 ms (psutil), labelled as such.
+before it, sampled every 2 ms (psutil), labelled as such. Then, on CUDA, what ``balance --batch-size auto``
+would choose (``generate.batching.probe_batch_size`` with one engine step per probed size, up to
+``--auto-limit`` rows; the probed peaks are printed).
 
 Usage: python bench/balance_gpu.py [--tiny] [--batch 16] [--reps 2] [--no-compile] [--presets dpmsolver++:20,...]
        [--deepcache 2,3,5] [--mem-sizes 1,2,4,8]
@@ -45,6 +47,8 @@ ap.add_argument("--presets", default="ddim:20,dpmsolver++:20,unipc:20,ddim:10,dp
                 help="scheduler:steps, comma separated (ddim:N is plain DDIM with fewer steps, for comparison)")
 ap.add_argument("--deepcache", default="2,3,5", help="DeepCache intervals at paper settings (empty: none)")
 ap.add_argument("--mem-sizes", default="1,2,4,8", help="batch sizes whose peak memory is measured (empty: none)")
+ap.add_argument("--auto-limit", type=int, default=64,
+                help="largest batch the --batch-size auto probe tries (CUDA; 0: skip the probe)")
 ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant (default off on CPU)")
 ap.add_argument("--budget", type=float, default=420.0, help="stop starting new variants after this many s")
 a = ap.parse_args()
@@ -54,6 +58,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeli
 from diffusers.image_processor import VaeImageProcessor  # noqa: E402
 
 from medsoft_aug.evaluate.metrics import psnr, ssim  # noqa: E402
+from medsoft_aug.generate.batching import fixed_batch_size, probe_batch_size  # noqa: E402
 from medsoft_aug.generate.engine import InpaintEngine, SamplingOptions  # noqa: E402
 from medsoft_aug.generate.fastpath import FastPath, apply_fast_path  # noqa: E402
 from medsoft_aug.models.adapter import install_adapter  # noqa: E402
@@ -244,17 +249,20 @@ class PeakRSS:
         self.growth = max(0, self.peak - self.base)
 
 
+def batch_of(size: int, steps: int):
+    """A run function for one engine batch of ``size`` rows (the bench's inputs repeated), default dtype."""
+    reps = -(-size // bs)
+    d, m = (DONORS * reps)[:size], (MASKS * reps)[:size]
+    e, pe = E.repeat(reps, 1)[:size], PE.repeat(reps, 1, 1)[:size]
+    return lambda: ENG.inpaint(d, m, pe.to(dev, dt), UNC.to(dev, dt), e.to(dev, dt), list(range(size)),
+                               SamplingOptions(steps=steps, guidance=7.5))
+
+
 def memory_per_batch_size() -> list[dict]:
     """Peak memory of one paper-settings batch (2 steps) at each of ``--mem-sizes`` (engine, default dtype)."""
-    saved, out = (DONORS, MASKS, E, SEEDS, PE), []
-    unet, vae = models(dt)
-    eng = InpaintEngine(unet, vae, SCHED, H)
+    out = []
     for size in [int(x) for x in a.mem_sizes.split(",") if x]:
-        reps = -(-size // bs)
-        d, m = (saved[0] * reps)[:size], (saved[1] * reps)[:size]
-        e, pe = saved[2].repeat(reps, 1)[:size], saved[4].repeat(reps, 1, 1)[:size]
-        run = lambda: eng.inpaint(d, m, pe.to(dev, dt), UNC.to(dev, dt), e.to(dev, dt), list(range(size)),
-                                  SamplingOptions(steps=2, guidance=7.5))
+        run = batch_of(size, 2)
         if dev == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -273,11 +281,26 @@ def memory_per_batch_size() -> list[dict]:
     return out
 
 
+def auto_batch() -> dict:
+    """What ``balance --batch-size auto`` would choose here (CUDA: the real probe, one step per size, up to
+    ``--auto-limit`` rows; elsewhere the fixed default)."""
+    if dev != "cuda":
+        return {"auto_batch": fixed_batch_size("auto")}
+    t = time.time()
+    rec = probe_batch_size(lambda n: batch_of(n, 1)(), torch.device("cuda"), limit=a.auto_limit)
+    r = {"auto_batch": rec, "probe_s": round(time.time() - t, 1)}
+    print(json.dumps(r), flush=True)
+    return r
+
+
+ENG = InpaintEngine(*models(dt), SCHED, H) if a.mem_sizes or a.auto_limit else None
 MEM = memory_per_batch_size() if a.mem_sizes else []
+AUTO = auto_batch() if a.auto_limit else {}
 stock = next((r for r in rows if r["variant"].startswith("stock")), None)
 for r in rows:
     r["vs_stock"] = round(r["img_per_s"] / stock["img_per_s"], 3) if stock else None
-res.update(rows=rows, memory_per_batch_size=MEM, wall_s=round(time.time() - T0, 1), guidance=7.5, paper_steps=a.steps)
+res.update(rows=rows, memory_per_batch_size=MEM, **AUTO, wall_s=round(time.time() - T0, 1), guidance=7.5,
+           paper_steps=a.steps)
 print(f"\n{'variant':44s} {'UNet/img':>8s} {'full':>5s} {'img/s':>8s} {'x stock':>7s} {'memGiB':>6s} {'PSNR':>6s} "
       f"{'SSIM':>6s}")
 for r in rows:
@@ -287,6 +310,8 @@ for r in rows:
 if MEM:
     print(f"\npeak memory per batch size ({MEM[0]['kind']}):")
     print("  " + "  ".join(f"batch {m['batch']}: {m['peak_MiB']} MiB" for m in MEM))
+if AUTO:
+    print(f"--batch-size auto here: {AUTO['auto_batch']['size']} ({AUTO['auto_batch']['how']})")
 print(json.dumps({"device": res["device"], "batch": bs, "wall_s": res["wall_s"]}))
 if os.environ.get("OUT"):
     with open(os.path.join(os.environ["OUT"], "balance_gpu.json"), "w") as fh:

@@ -11,7 +11,7 @@ from medsoft_aug.generate.engine import InpaintEngine, SamplingOptions
 from _balance_helpers import one_thread, tiny_unet_vae
 from test_engine_fastpath import _batch
 
-STEPS = 6
+STEPS = 4
 
 
 @pytest.fixture(scope="module")
