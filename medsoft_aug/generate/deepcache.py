@@ -19,7 +19,8 @@ does not depend on what else is in its batch beyond what the plain engine alread
 
 ``interval`` 1 wraps the UNet but makes every step a cache step: the output equals the plain engine's exactly
 (tested). Not combined with ``--compile`` (the wrappers keep Python state per call, which TorchDynamo would
-specialise on). On CUDA the helper reads the timestep with ``.item()``: one host sync per UNet call.
+specialise on). On CUDA the helper reads the timestep with ``.item()``: one host sync per UNet call (the step
+index is then looked up in a CPU copy of the timesteps).
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def deep_cache(unet, scheduler, interval: Optional[int], branch: int = 0) -> Ite
     from DeepCache import DeepCacheSDHelper
 
     had_forward = {id(m) for m in unet.modules() if "forward" in vars(m)}     # e.g. accelerate's hooks: kept
-    helper = DeepCacheSDHelper(pipe=SimpleNamespace(unet=unet, scheduler=scheduler))
+    steps = SimpleNamespace(timesteps=scheduler.timesteps.cpu())    # looked up per call: no device syncs there
+    helper = DeepCacheSDHelper(pipe=SimpleNamespace(unet=unet, scheduler=steps))
     helper.set_params(cache_interval=int(interval), cache_branch_id=int(branch), skip_mode="uniform")
     helper.enable()
     try:
