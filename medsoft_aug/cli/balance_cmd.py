@@ -21,8 +21,8 @@ _PLAN, _SAMPLING, _MODEL, _ENGINE, _SELECT, _OUTPUT = ("Plan", "Sampling (Eq. 7-
                                                       "Engine", "Post-selection", "Outputs and runs")
 
 
-def _opt(panel: str, *names: str, help: str) -> Any:
-    return typer.Option(*names, help=help, rich_help_panel=panel)
+def _opt(panel: str, *names: str, help: str, **kw: Any) -> Any:
+    return typer.Option(*names, help=help, rich_help_panel=panel, **kw)
 
 
 ModelOpt = Annotated[Optional[Path], typer.Option(
@@ -89,7 +89,8 @@ Resolution = Annotated[Optional[int], _opt(_MODEL, "--resolution", help="Model r
 BatchSize = Annotated[str, _opt(_ENGINE, "--batch-size", help="Engine rows per batch (each with its own mask, "
                                 "prompt, e_MSC, seed), or auto: on CUDA the largest that fits, measured by one "
                                 "denoising step per probed size (peak memory vs free memory, 10% margin); 8 "
-                                "elsewhere. Outputs do not depend on it; the choice is in balance.json.")]
+                                "elsewhere. Outputs do not depend on it; the choice is in balance.json.",
+                                metavar="N|auto")]
 Device = Annotated[str, _opt(_ENGINE, "--device", help="auto (CUDA + fp16 when available, else CPU), cpu, cuda, "
                              "cuda:N.")]
 DTypeOpt = Annotated[DType, _opt(_ENGINE, "--dtype", help="Weights of UNet/VAE: auto (CUDA fp16, CPU fp32), fp32, "
