@@ -71,3 +71,28 @@ def test_word_dropout_keeps_order_and_at_least_one_word(tool):
         assert [words.index(w) for w in kept] == sorted(words.index(w) for w in kept)   # order kept
     assert len(set(outs)) > 5 and any(len(o.split()) < len(words) for o in outs)
     assert tool.BaseFitTask._words(types.SimpleNamespace(word_dropout=0.0), text, torch.Generator()) == text
+
+
+def test_crop_rows_put_the_lesion_centre_map_where_the_lesion_is(tool, tmp_path):
+    """--geometry crop: rows are the product's crop around the mask (train/balance's default mapping) and the
+    lesion-centre weight map follows the lesion into the crop; under pad it stays on the whole slice."""
+    import numpy as np
+
+    from _work_helpers import WorkWriter
+    from medsoft_aug.geometry import GridMapping
+
+    w = WorkWriter(tmp_path / "w")
+    yy, xx = np.mgrid[0:96, 0:96].astype(np.float32)
+    mask = ((abs(yy - 60) < 10) & (abs(xx - 30) < 12)).astype(np.float32)     # a body-sized box off centre
+    w.add("b0", "benign", "train", np.full((96, 96), 0.3, np.float32), mask, x=34.0, y=58.0, description="bright")
+    w.add("n0", "normal", "train", np.full((96, 96), 0.3, np.float32), mask, description="")
+    work = w.close()
+    for geometry, margin in (("crop", 0.0), ("pad", 0.25)):
+        rows = tool.load_rows([work], ("train",), 32, geometry, margin)
+        b = rows.label.index("benign")
+        expect = GridMapping(32, geometry, margin).to_model(np.zeros((96, 96), np.float32), mask).window
+        peak = np.unravel_index(int(rows.spot[b, 0].argmax()), (32, 32))
+        scale = 32 / expect.side
+        assert abs(peak[0] - (58 - expect.top) * scale) <= 1.5 and abs(peak[1] - (34 - expect.left) * scale) <= 1.5
+        assert float(rows.spot[1 - b].abs().max()) == 0.0                              # normal rows: no spot
+    assert float(tool.load_rows([work], ("train",), 32, "crop", 0.0).mask[0].mean()) > 0.4   # the box fills it

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from medsoft_aug.evaluate.metrics import psnr
-from medsoft_aug.fsutil import atomic_write_json, atomic_write_text
+from medsoft_aug.fsutil import atomic_write_json, atomic_write_text, load_npy
 from medsoft_aug.generate.engine import InpaintEngine, SamplingOptions
 from medsoft_aug.generate.evidence import sample_evidence, summarize
 from medsoft_aug.geometry import GridMapping, composite
@@ -83,25 +83,28 @@ class Rows(torch.utils.data.Dataset):
         return Rows(self.image, self.mask, self.spot, self.text, self.label, order)
 
 
-def load_rows(works: list[Path], splits: tuple[str, ...], resolution: int) -> Rows:
-    """The rows of ``splits`` of the WORK folders at the model grid, with a Gaussian (sigma 3 px) at the lesion
-    centre (index.csv x, y) of diseased rows."""
+def load_rows(works: list[Path], splits: tuple[str, ...], resolution: int, geometry: str = "pad",
+              margin: float = 0.25) -> Rows:
+    """The rows of ``splits`` of the WORK folders at the model grid through the product's grid mapping
+    (``geometry``: ``pad`` = the whole slice, ``crop`` = the square around the mask that ``train``/``balance``
+    use by default, with ``margin``), with a Gaussian at the lesion centre (index.csv x, y) of diseased rows: drawn on the native
+    grid with sigma 3 * max(H, W) / R native pixels (3 model pixels under ``pad``), then mapped like the mask."""
     items, spots = [], []
-    yy, xx = torch.meshgrid(torch.arange(resolution, dtype=torch.float32),
-                            torch.arange(resolution, dtype=torch.float32), indexing="ij")
+    mapping = GridMapping(resolution, geometry, margin)
     for work in works:
         index = read_index(work).set_index("sample_id")
         for split in splits:
-            # the whole slice (pad mapping; the phantom's slices are square, so x, y scale by R / width below)
-            ds = SliceDataset(work, split=split, resolution=resolution, mapping=GridMapping(resolution, "pad"))
+            ds = SliceDataset(work, split=split, resolution=resolution, mapping=mapping)
             for i in range(len(ds)):
                 it = ds[i]
                 row = index.loc[it["sample_id"]]
                 spot = torch.zeros(1, resolution, resolution)
                 if it["label"] != ds.normal_class and row["x"] != "" and row["y"] != "":
-                    cx = (float(row["x"]) + 0.5) * resolution / float(row["width"]) - 0.5
-                    cy = (float(row["y"]) + 0.5) * resolution / float(row["height"]) - 0.5
-                    spot[0] = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 3.0 ** 2))
+                    mask = np.clip(load_npy(work / ds._masks[i]), 0, 1)
+                    yy, xx = np.mgrid[0:mask.shape[0], 0:mask.shape[1]].astype(np.float32)
+                    sigma = 3.0 * max(mask.shape) / resolution
+                    native = np.exp(-((yy - float(row["y"])) ** 2 + (xx - float(row["x"])) ** 2) / (2 * sigma ** 2))
+                    spot = mapping.to_model(native, mask).image
                 items.append(it)
                 spots.append(spot)
     if not items:
@@ -313,7 +316,7 @@ def build(args: argparse.Namespace, command: str) -> dict:
     t0 = time.time()
     torch.manual_seed(args.seed)
     data = load_rows(args.work, tuple(args.splits.split(",")), 64 if args.init is None else
-                     load_base_model(str(args.init)).resolution)
+                     load_base_model(str(args.init)).resolution, args.geometry, args.crop_margin)
     prior = json.loads((args.init / "fit.json").read_text()) if args.init and (args.init / "fit.json").is_file() \
         else {}
     if args.init is not None:
@@ -327,11 +330,13 @@ def build(args: argparse.Namespace, command: str) -> dict:
         unet_losses = _fit_unet(model, data, args, Path(tmp)) if args.unet_steps > 0 else []
         unet_s = time.time() - t
     save_base_model(model, args.out, fp16=True)
-    ev = load_rows([args.eval_work], ("train", "val", "test"), model.resolution) if args.eval_work else \
-        load_rows(args.work[:1], tuple(s for s in ("val", "test") if s not in args.splits.split(",")), model.resolution)
+    grid = (model.resolution, args.geometry, args.crop_margin)
+    ev = load_rows([args.eval_work], ("train", "val", "test"), *grid) if args.eval_work else \
+        load_rows(args.work[:1], tuple(s for s in ("val", "test") if s not in args.splits.split(",")), *grid)
     commands = list(prior.get("commands", [])) + [command]
     record = {"command": command, "commands": commands, "train_rows": len(data.text),
               "labels": {k: data.label.count(k) for k in sorted(set(data.label))}, "resolution": model.resolution,
+              "geometry": args.geometry, "crop_margin": args.crop_margin if args.geometry == "crop" else None,
               "vae_scaling_factor": round(float(model.vae.config.scaling_factor), 5),
               "vae_steps": args.vae_steps, "unet_steps": args.unet_steps,
               "vae_steps_all": prior.get("vae_steps_all", 0) + args.vae_steps,
@@ -393,6 +398,8 @@ def readme(rec: dict, out: Path) -> str:
                 f" mean lesion contrast {r['mean_contrast']:+.3f})")
 
     more = ("; each later command continues the previous output with --init") if len(rec["commands"]) > 1 else ""
+    view = ("whole slice" if rec.get("geometry", "pad") == "pad" else
+            f"the square around the mask, geometry crop, margin {rec.get('crop_margin')}")
     return f"""# medsoft-aug tiny base model (`--base-model tiny`)
 
 A Stable-Diffusion-shaped latent diffusion model small enough for a CPU, in diffusers layout (unet/, vae/,
@@ -412,6 +419,11 @@ python -m medsoft_aug.sample_data /tmp/phantom_fit --n-studies 160 --seed 11
 medsoft-aug ingest --labels /tmp/phantom_fit/labels.csv --images /tmp/phantom_fit --out /tmp/phw
 medsoft-aug masks build /tmp/phw
 medsoft-aug ingest --labels sample_data/labels.csv --images sample_data --out /tmp/mw_s && medsoft-aug masks build /tmp/mw_s
+# the commands with --geometry crop fit on a larger set of the same seed (320 studies):
+python -m medsoft_aug.sample_data /tmp/lz/phantom_fit --n-studies 320 --seed 11
+medsoft-aug ingest --labels /tmp/lz/phantom_fit/labels.csv --images /tmp/lz/phantom_fit --out /tmp/lz/phw
+medsoft-aug masks build /tmp/lz/phw
+medsoft-aug ingest --labels sample_data/labels.csv --images sample_data --out /tmp/lz/mw_s && medsoft-aug masks build /tmp/lz/mw_s
 {commands}
 ```
 (`tools/build_tiny_base.py`: VAE fitted first, then UNet + text encoder trained together on the product's
@@ -425,8 +437,9 @@ average {rec['load_average']} at the end), {rec['torch_threads']} torch thread(s
 
 Made by the tool with the product's engine (`generate.engine.InpaintEngine`, no MSC), judged per sample by
 `generate.evidence` against the real lesions of `sample_data/`:
-- VAE reconstruction PSNR: {rec['vae_psnr_db']} dB (whole slice), {rec['vae_psnr_db_in_mask']} dB inside the soft
-  masks (`evaluate.metrics.psnr`).
+Every slice is seen on the model grid as in training ({view}).
+- VAE reconstruction PSNR: {rec['vae_psnr_db']} dB (model-grid view), {rec['vae_psnr_db_in_mask']} dB inside the
+  soft masks (`evaluate.metrics.psnr`).
 - Inpainting into the soft masks of {rec['inpaint_donor']['normal_rows']} normal slices ({rec['eval_steps']} DDIM
   steps, guidance {rec['eval_guidance']}, each slice with its own description of the class):
   - `--blend donor` (z_m = VAE(x0), the demo's): {line('donor', 'benign')}; {line('donor', 'malignant')}
@@ -455,6 +468,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--p-uncond", type=float, default=0.1, help="share of rows trained with the empty text")
     ap.add_argument("--word-dropout", type=float, default=0.0,
                     help="drop each word of a training description with this probability")
+    ap.add_argument("--geometry", choices=("pad", "crop"), default="pad",
+                    help="grid mapping of the rows (geometry.GridMapping): pad = whole slice, crop = around the mask")
+    ap.add_argument("--crop-margin", type=float, default=0.25, help="crop only: context around the mask's box")
     ap.add_argument("--class-balance", action="store_true", help="draw each label equally often")
     ap.add_argument("--eval-guidance", type=float, default=15.0, help="CFG scale of the inpainting check")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core CPU)")
