@@ -33,8 +33,9 @@ def test_demo_chain_balances_and_lesions_move_toward_their_class(demo_run):
     demo_json = json.loads((out / "demo.json").read_text())
     assert len(demo_json["samples"]) == res["generated"]
     assert all(s["toward_class"] in (True, False) for s in demo_json["samples"])
-    # the shipped tiny base with the demo's post-selection (3 candidates, classifier scorer): 14 of 18 measured
-    # when it was fit (models/tiny_base/README.md); fewer means the base or the selection regressed
-    assert sum(inten[c]["k"] for c in ("benign", "malignant")) >= 12, inten
+    # the shipped tiny base (fit on the demo's crops) with the demo's post-selection (3 candidates, classifier
+    # scorer): 17 of 18 measured when it was fit (models/tiny_base/README.md); fewer than 15 means the base,
+    # the grid mapping or the selection regressed (the base before it, fit on whole slices: 14 of 18)
+    assert sum(inten[c]["k"] for c in ("benign", "malignant")) >= 15, inten
     assert demo_json["candidates"] == 3 and all(len(s["candidate_scores"].split(";")) == 3
                                                  for s in demo_json["samples"])

@@ -419,7 +419,7 @@ python -m medsoft_aug.sample_data /tmp/phantom_fit --n-studies 160 --seed 11
 medsoft-aug ingest --labels /tmp/phantom_fit/labels.csv --images /tmp/phantom_fit --out /tmp/phw
 medsoft-aug masks build /tmp/phw
 medsoft-aug ingest --labels sample_data/labels.csv --images sample_data --out /tmp/mw_s && medsoft-aug masks build /tmp/mw_s
-# the commands with --geometry crop fit on a larger set of the same seed (320 studies):
+# the commands with --geometry crop fit on a larger draw of the same seed (320 studies):
 python -m medsoft_aug.sample_data /tmp/lz/phantom_fit --n-studies 320 --seed 11
 medsoft-aug ingest --labels /tmp/lz/phantom_fit/labels.csv --images /tmp/lz/phantom_fit --out /tmp/lz/phw
 medsoft-aug masks build /tmp/lz/phw
