@@ -60,7 +60,8 @@ def timed(args: list[str], marks: dict[str, str], env: dict[str, str]) -> dict[s
     """Run the CLI with ``args``; seconds from start to the first stderr line matching each of ``marks`` (regex),
     and to the end (``total``)."""
     cpu0, t0 = _children_cpu(), time.perf_counter()
-    proc = subprocess.Popen(CLI + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(CLI + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=env["BENCH_CWD"])
     seen: dict[str, float] = {}
     for line in proc.stderr:
         for name, pattern in marks.items():
@@ -81,7 +82,7 @@ def import_profile(args: list[str], env: dict[str, str]) -> tuple[float, dict[st
     """(seconds of all imports, {HEAVY package: cumulative seconds of its own import}) of one run of ``args``;
     packages nest (diffusers' time includes the transformers it imports), so the figures do not add up."""
     r = subprocess.run([sys.executable, "-X", "importtime", *CLI[1:], *args], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, text=True, env=env)
+                       stderr=subprocess.PIPE, text=True, env=env, cwd=env["BENCH_CWD"])
     total, heavy = 0.0, {}
     for line in r.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)$", line)
@@ -118,7 +119,13 @@ def main() -> None:
     torch.set_num_threads(1)
     root = a.keep or Path(tempfile.mkdtemp(prefix="startup_"))
     root.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100"}
+    import medsoft_aug
+
+    # The children run the medsoft_aug this process imported (not whatever `python -c` finds in their cwd).
+    code = str(Path(medsoft_aug.__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100", "BENCH_CWD": str(root),
+           "PYTHONPATH": os.pathsep.join([code, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    print(f"medsoft_aug from {code}", flush=True)
     try:
         work, model = setup(root)
         runs: dict[str, list[float]] = {}
