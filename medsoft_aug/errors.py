@@ -1,7 +1,8 @@
 """Project exceptions. Each carries the process exit code the CLI turns it into.
 
 Exit codes (documented in the README): 0 ok; 1 unexpected failure; 2 usage error;
-3 invalid input data (nothing written); 4 partial success (some samples failed, listed).
+3 invalid input data (nothing written); 4 partial success (some samples failed, listed); 5 system error
+(disk full, no permission: ``cli.output.SYSTEM_ERRNOS``).
 Messages must never contain patient data (names, IDs from DICOM headers, pixel values):
 name the sample by its ``sample_id`` from the labels CSV and the problem.
 """

@@ -77,15 +77,15 @@ def _failing_writer(monkeypatch, fail_at: int, exc: Exception):
 
 @pytest.mark.parametrize("ahead", [1, 0])
 def test_writer_failure_is_the_same_clean_error(env, monkeypatch, ahead):
-    """A disk error while writing the 3rd sample: exit 1 with one Error line naming it, no traceback, the
+    """A disk error while writing the 3rd sample: exit 5 (a system error) with one Error line, no traceback, the
     ledger listing exactly the 2 samples written before it, in both modes; the rerun completes."""
     monkeypatch.setattr(batches, "WRITE_AHEAD", ahead)
     _failing_writer(monkeypatch, 3, OSError(28, "No space left on device"))
     out = env.root / f"disk-full-{ahead}"
     r = _run(env, out)
-    assert r.exit_code == 1
-    assert r.stderr.strip().splitlines()[-1] == ("Error: unexpected failure (OSError): [Errno 28] No space left on "
-                                                 "device. Rerun with --debug for a traceback")
+    assert r.exit_code == 5
+    assert r.stderr.strip().splitlines()[-1] == ("Error: system error: No space left on device; fix it (free "
+                                                 "space, permissions) and rerun the same command to resume")
     assert "Traceback" not in r.stderr
     syn = [s for s, row in Ledger.read(out / LEDGER_FILE).items() if row["origin"] == "synthetic"]
     assert len(syn) == 2 and not (out / "manifest.csv").exists()

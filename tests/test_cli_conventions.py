@@ -183,3 +183,26 @@ def test_quality_text_formats_numbers():
     assert "SSIM (inside mask)   n/a" in text and "FID                  12.35 (tiny_encoder features)" in text
     assert "psnr_outside_strict_db inf" in text and "max_abs_diff_outside_strict 0.000" in text
     assert "31.912345678" not in text and "12.3456789" not in text
+
+
+@pytest.mark.parametrize("err, code, line", [
+    (OSError(28, "No space left on device", "/out/synthetic/x.png"), 5,
+     "Error: system error: No space left on device (/out/synthetic/x.png); fix it (free space, permissions) and "
+     "rerun the same command to resume"),
+    (PermissionError(13, "Permission denied"), 5,
+     "Error: system error: Permission denied; fix it (free space, permissions) and rerun the same command to resume"),
+    (FileNotFoundError(2, "No such file or directory", "x"), 1,
+     "Error: unexpected failure (FileNotFoundError): [Errno 2] No such file or directory: 'x'. Rerun with --debug "
+     "for a traceback"),
+])
+def test_system_errors_exit_5_other_os_errors_are_bugs(monkeypatch, tmp_path, err, code, line):
+    """The machine's errors (disk full, no permission) are neither bad data (3) nor a bug (1): exit 5, one line,
+    and under --json one error object; any other OSError stays an unexpected failure."""
+    def fake_demo(out, **kw):
+        raise err
+
+    monkeypatch.setattr("medsoft_aug.demo.demo", fake_demo)
+    r = runner.invoke(app, ["demo", "-o", str(tmp_path)])
+    assert r.exit_code == code and r.stderr.strip().splitlines() == [line] and "Traceback" not in r.stderr
+    r = runner.invoke(app, ["demo", "-o", str(tmp_path), "--json"])
+    assert r.exit_code == code and json.loads(r.stdout)["exit_code"] == code

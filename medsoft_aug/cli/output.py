@@ -7,6 +7,7 @@ variables are never printed (they may hold patient data). ``-q`` leaves only err
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -110,12 +111,31 @@ def guarded(fn: Callable) -> Callable:
             raise typer.Exit(141)
         except KeyboardInterrupt:
             raise fail("interrupted; rerun the same command to resume", 130)
-        except Exception as e:  # noqa: BLE001 - the CLI edge is the one place that catches everything
+        except OSError as e:
+            if e.errno not in SYSTEM_ERRNOS:
+                raise _unexpected(e) from None
             if STATE["debug"]:
                 traceback.print_exc(file=sys.stderr)
-            raise fail(f"unexpected failure ({type(e).__name__}): {e}. Rerun with --debug for a traceback", 1)
+            where = f" ({e.filename})" if e.filename else ""
+            raise fail(f"system error: {e.strerror}{where}; fix it (free space, permissions) and rerun the same "
+                       "command to resume", 5)
+        except Exception as e:  # noqa: BLE001 - the CLI edge is the one place that catches everything
+            raise _unexpected(e) from None
 
     return wrapper
+
+
+# The machine's, not the data's nor a bug: out of space or quota, read-only or forbidden output, too many open
+# files, a device I/O error (exit 5; the outputs are atomic, so the same command resumes once it is fixed).
+SYSTEM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE,
+                           errno.ENFILE, errno.EIO})
+
+
+def _unexpected(e: BaseException) -> typer.Exit:
+    """Anything else: a bug (exit 1), one line, the traceback only with --debug."""
+    if STATE["debug"]:
+        traceback.print_exception(e, file=sys.stderr)
+    return fail(f"unexpected failure ({type(e).__name__}): {e}. Rerun with --debug for a traceback", 1)
 
 
 @contextlib.contextmanager
