@@ -126,7 +126,8 @@ def _zoom(img: np.ndarray, mask: np.ndarray, margin: float = 0.25) -> tuple[np.n
 def _contact_sheet(work: Path, balanced: Path, path: Path, samples: list[dict[str, Any]],
                    per_class: Optional[int] = None) -> Path:
     """Per disease class: one real training lesion, then the synthetic samples (all, or the first
-    ``per_class``); columns: the slice with the mask outlined, the synthetic image, and both zoomed to the
+    ``per_class``); columns: the slice with the mask outlined, the synthetic image (for the real lesion: the slice
+    without the outline, so that real and synthetic lesions stand in the same column), and both zoomed to the
     vertebra."""
     from PIL import Image
 
@@ -140,7 +141,7 @@ def _contact_sheet(work: Path, balanced: Path, path: Path, samples: list[dict[st
         if real:
             img, mask = load_npy(work / index.loc[real[0], "image"]), load_npy(work / masks.loc[real[0], "mask"])
             zi, zm = _zoom(img, mask)
-            rows.append([img, None, zi, None])
+            rows.append([img, img, zi, zi])            # outlined, then as is: beside the synthetic columns
             overlays.append([mask, None, zm, None])
             labels.append(f"REAL {label}\n{real[0]}\n(for comparison)")
         for k, (_, r) in enumerate((grp if per_class is None else grp.head(per_class)).iterrows()):
@@ -160,7 +161,7 @@ def _contact_sheet(work: Path, balanced: Path, path: Path, samples: list[dict[st
               f"Rows: per class one real training lesion, then {shown} (n of N per class); "
               "every sample's check: demo.json")
     return contact_sheet(rows, path, overlays=overlays, row_labels=labels, cell_size=(128, 128), legend=legend,
-                         col_labels=["donor / real (mask)", "synthetic", "donor, zoom", "synthetic, zoom"])
+                         col_labels=["donor / real (mask)", "synthetic / real", "donor, zoom", "synthetic / real, zoom"])
 
 
 def demo(out: str | Path = "demo_out", *, train_steps: int = 300, steps: int = 50, guidance: float = DEMO_GUIDANCE,
