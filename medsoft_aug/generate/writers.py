@@ -213,7 +213,7 @@ def unslice(image: np.ndarray, geometry: dict[str, Any]) -> tuple[np.ndarray, np
 def _template(src: Path, fmt: str, geom: Optional[dict], sid: str) -> tuple[Path, int]:
     """(donor file whose header the output copies, frame index for multi-frame donors)."""
     from ..io.dicom import series_slice_files
-    from ..io.reader import read_image
+    from ..io.reader import open_image
 
     index = None if geom is None else geom.get("slice_index")
     if fmt == "dicom-series":
@@ -227,8 +227,8 @@ def _template(src: Path, fmt: str, geom: Optional[dict], sid: str) -> tuple[Path
         return files[0], 0
     if not src.is_file():
         raise InputError(f"{sid}: donor DICOM file {src.name} not found")
-    if index is not None:                     # multi-frame donor: find the sliced frame
-        meta = read_image(src).meta
+    if index is not None:                     # multi-frame donor: find the sliced frame (headers only)
+        meta = open_image(src).meta
         order = meta.get("frame_order") or []
         if meta.get("slice_axis") == 0 and 0 <= int(index) < len(order):
             return src, int(order[int(index)])
