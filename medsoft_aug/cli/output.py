@@ -197,6 +197,6 @@ def _plain_line(stage: str, done: int, total: int, elapsed: float) -> str:
     if not total:
         return f"{stage}: {done}/?, {_duration(elapsed)}"
     line = f"{stage}: {done}/{total} ({100 * done // total}%), {_duration(elapsed)}"
-    if 0 < done < total and elapsed >= 1.0:     # under a second of history the estimate is noise ("ETA 0 s")
+    if 0 < done < total:
         line += f", ETA {_duration(elapsed * (total - done) / done)}"
     return line
