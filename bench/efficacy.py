@@ -10,6 +10,8 @@
     (`balance --candidates K --scorer classifier|feature --min-score F`; same model, seed and plan as medsoft), so
     the paired comparison medsoft vs medsoft + selection differs in selection only; seconds per kept sample
     (balance.json's generate_s / generated) are printed for every balance run.
+    --variants negatives deepcache-3 ddim-20: the medsoft model balanced again with one sampling option changed
+    (--negative-prompts other-classes; --deepcache-interval 3; 20 DDIM steps instead of 50), the same way.
 
 Prints Table 1b (mean ± std over seeds, real test split only) with per-class rows and the paired verdicts, and
 writes OUT/efficacy.json and a report (OUT/report/: summary.md, per-class F1 bars, ROC per class, confusion
@@ -36,6 +38,9 @@ TABLE = (("auc", "AUC"), ("accuracy", "Acc"), ("precision", "Pre"), ("recall", "
          ("minority_f1", "minority F1"))
 VARIANTS = {"medsoft": {}, "no-msc": {"no_msc": True}, "no-smis": {"mask_mode": "hard"}}
 SELECTION = {"sel-classifier": "classifier", "sel-feature": "feature"}   # variant -> scorer (medsoft's model)
+SAMPLING = {"negatives": {"negative_prompts": "other-classes"}, "deepcache-3": {"deepcache_interval": 3},
+            "ddim-20": {"steps": 20}}                                    # variant -> balance options (medsoft's model)
+ON_MEDSOFT = (*SELECTION, *SAMPLING)                                      # variants that reuse medsoft's model
 KEEP_BEST = {"classifier": 0.0, "feature": -2.0}   # the lowest score each scorer gives: the floor keeps the best
 TINY_BASE_UNET = REPO / "medsoft_aug" / "models" / "tiny_base" / "unet" / "diffusion_pytorch_model.safetensors"
 PRESETS = {
@@ -58,9 +63,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="seed of data generation, training and generation")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=[*VARIANTS, *SELECTION],
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=[*VARIANTS, *ON_MEDSOFT],
                    help="generated methods to run (default: medsoft, no-msc, no-smis; sel-*: medsoft's model "
-                        "with post-selection)")
+                        "with post-selection; negatives, deepcache-3, ddim-20: medsoft's model with that "
+                        "sampling option, see SAMPLING)")
     p.add_argument("--candidates", type=int, default=3, help="K of the sel-* variants")
     p.add_argument("--min-score", type=float, help="floor of the sel-* variants (default: the scorer's lowest "
                                                    "score, i.e. keep the best candidate; see KEEP_BEST)")
@@ -138,7 +144,7 @@ def run_protocol(a: argparse.Namespace, lap) -> tuple[dict, dict, dict]:
                                  device=a.device, report_dir=out / "report")
     lap("classify", t)
     quality = {}
-    for name in ([] if a.skip_quality else [v for v in a.variants if v not in SELECTION]):   # one per model
+    for name in ([] if a.skip_quality else [v for v in a.variants if v not in ON_MEDSOFT]):   # one per model
         t, qout = time.time(), out / f"quality_{balanced[name]['out'].name}"
         if (qout / "quality.json").is_file():          # a finished run of the same variant and options
             q = json.loads((qout / "quality.json").read_text())
@@ -152,21 +158,22 @@ def run_protocol(a: argparse.Namespace, lap) -> tuple[dict, dict, dict]:
 
 
 def balance_variant(a: argparse.Namespace, work: Path, tag: str, name: str) -> tuple[dict, Path]:
-    """Train the variant's model (sel-*: medsoft's; a finished model is reused) and balance WORK with it
-    (balance's defaults; sel-*: with --candidates / --scorer / --min-score). Returns (result, model dir)."""
+    """Train the variant's model (sel-* and SAMPLING: medsoft's; a finished model is reused) and balance WORK with
+    it (balance's defaults; sel-*: with --candidates / --scorer / --min-score; SAMPLING: with its options).
+    Returns (result, model dir)."""
     from medsoft_aug import api
 
-    base = "medsoft" if name in SELECTION else name
+    base = "medsoft" if name in ON_MEDSOFT else name
     model = a.out / f"model_{base}_{tag}_ts{a.train_steps}"
     api.train(work, model, max_steps=a.train_steps, seed=a.seed, device=a.device, **VARIANTS[base])
     bal = a.out / f"balanced_{name}_{tag}_ts{a.train_steps}_st{a.steps}"
-    sel = {}
+    sel = {"steps": a.steps, **SAMPLING.get(name, {})}
     if name in SELECTION:
         floor = KEEP_BEST[SELECTION[name]] if a.min_score is None else a.min_score
         bal = bal.with_name(f"{bal.name}_k{a.candidates}_f{floor}")
-        sel = dict(candidates=a.candidates, scorer=SELECTION[name], min_score=floor)
+        sel.update(candidates=a.candidates, scorer=SELECTION[name], min_score=floor)
     cpu = time.process_time()
-    res = api.balance(work, model, bal, target_ratio=1.0, steps=a.steps, seed=a.seed, device=a.device, **sel)
+    res = api.balance(work, model, bal, target_ratio=1.0, seed=a.seed, device=a.device, **sel)
     cpu, n = time.process_time() - cpu, res.get("generated") or 0       # 0: a finished run was reused
     res["out"], res["cost"] = bal, balance_cost(bal)
     res["cost"]["cpu_s_per_kept_sample"] = round(cpu / n, 3) if n else None   # this process, this run only

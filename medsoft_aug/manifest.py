@@ -11,6 +11,8 @@ Columns (``MANIFEST_COLUMNS``)::
     mask           soft mask (.npy, float32 (H, W) in [0,1]) relative to the manifest's folder, or empty
     donor_id       synthetic: the normal training sample inpainted; real: empty
     prompt         synthetic: the lesion description used; real: empty
+    negative_prompt  synthetic: the text classifier-free guidance steered away from (``--negative-prompts
+                   other-classes``); empty: the empty text (the paper's)
     seed           synthetic: per-sample seed derived from (run seed, sample_id)
     model          synthetic: MODEL_DIR reference (folder name)
     model_sha256   synthetic: content hash of the model (from medsoft_model.json)
@@ -48,9 +50,12 @@ from .errors import InputError, UsageError
 from .fsutil import atomic_write_csv, atomic_write_json
 
 MANIFEST_COLUMNS = ["sample_id", "patient_id", "split", "label", "origin", "image", "mask", "donor_id", "prompt",
-                    "seed", "model", "model_sha256", "steps", "guidance", "eta", "format", "sha256",
+                    "negative_prompt", "seed", "model", "model_sha256", "steps", "guidance", "eta", "format", "sha256",
                     "candidates", "scorer", "candidate_scores", "chosen", "donor_mean", "synthetic_mean",
                     "mean_change", "contrast", "toward_class", "class_score"]
+# Columns added after the first manifests were written: a manifest without them reads with them empty.
+LATER_COLUMNS = ("negative_prompt", "candidates", "scorer", "candidate_scores", "chosen", "donor_mean",
+                 "synthetic_mean", "mean_change", "contrast", "toward_class", "class_score")
 LEDGER_FILE = ".ledger.jsonl"
 log = logging.getLogger("medsoft_aug.manifest")
 # Columns that may legitimately differ between two copies of the same row (paths depend on the folder).
@@ -75,7 +80,8 @@ def write_manifest(path: str | Path, rows: pd.DataFrame) -> None:
 
 
 def read_manifest(path: str | Path, required: Sequence[str] = tuple(MANIFEST_COLUMNS)) -> pd.DataFrame:
-    """Read a manifest as strings; InputError when missing, unreadable or lacking any ``required`` column."""
+    """Read a manifest as strings; InputError when missing, unreadable or lacking any ``required`` column
+    (:data:`LATER_COLUMNS` a manifest of an older version lacks are added, empty)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"manifest {p} not found")
@@ -83,6 +89,9 @@ def read_manifest(path: str | Path, required: Sequence[str] = tuple(MANIFEST_COL
         df = pd.read_csv(p, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise InputError(f"manifest {p} cannot be read: {' '.join(str(e).split())[:160]}") from None
+    for c in LATER_COLUMNS:
+        if c not in df.columns:
+            df[c] = ""
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise InputError(f"manifest {p} is missing columns: {', '.join(missing)}")

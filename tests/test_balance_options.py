@@ -24,6 +24,7 @@ def work(tmp_path_factory):
     (dict(scheduler="euler"), "--scheduler"), (dict(scheduler="unipc", eta=0.5), "--eta"),
     (dict(geometry="warp"), "--geometry"), (dict(resolution=4), "--resolution"), (dict(candidates=0), "--candidates"),
     (dict(scorer="vibes"), "--scorer"), (dict(dtype="fp8"), "--dtype"), (dict(shard="3/2"), "--shard"),
+    (dict(negative_prompts="others"), "--negative-prompts"),
 ])
 def test_check_inputs_names_the_bad_option_before_reading_work(tmp_path, bad, flag):
     with pytest.raises(UsageError, match=flag):

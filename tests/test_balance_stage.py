@@ -179,3 +179,38 @@ def test_model_trained_on_another_base_is_refused(env, tmp_path):
     (other / "medsoft_model.json").write_text(json.dumps(meta))
     r = _run(env.work, "--model", other, "--out", tmp_path / "o2", *FAST)
     assert r.exit_code == 3 and "trained on base" in r.stderr and not (tmp_path / "o2").exists()
+
+
+def test_negative_prompts_are_recorded_per_row_change_the_images_and_the_fingerprint(env):
+    # --negative-prompts other-classes: each synthetic row records the other class's text it was guided away
+    # from, the images differ from a run without (same seeds, prompts and donors), an OUT made without it is
+    # not resumed with it, and a run without it keeps the plan hash of the items without the new field.
+    from medsoft_aug.generate import stage
+
+    base = env.root / "out_full"
+    if not (base / "manifest.csv").is_file():
+        assert _run(env.work, "--model", env.model, "--out", base, *FAST).exit_code == 0
+    out = env.root / "out_neg"
+    r = _run(env.work, "--model", env.model, "--out", out, "--negative-prompts", "other-classes", "--json", *FAST)
+    assert r.exit_code == 0, r.stderr
+    neg = read_manifest(out / "manifest.csv").set_index("sample_id")
+    plain = read_manifest(base / "manifest.csv").set_index("sample_id")
+    syn = neg[neg.origin == "synthetic"]
+    other = {"benign": DESCS["malignant"][0], "malignant": DESCS["benign"][0]}
+    assert all(row.negative_prompt == other[row.label] for _, row in syn.iterrows())
+    assert set(plain.loc[plain.origin == "synthetic", "negative_prompt"]) == {""}
+    assert (neg.loc[syn.index, ["prompt", "seed", "donor_id"]] == plain.loc[syn.index, ["prompt", "seed",
+                                                                                         "donor_id"]]).all().all()
+    diff = [np.abs(_read_png(out / neg.loc[s, "image"]) - _read_png(base / plain.loc[s, "image"])).max()
+            for s in syn.index]
+    assert min(diff) > 1e-3
+    rec = json.loads((out / "balance.json").read_text())
+    assert rec["options"]["negative_prompts"] == "other-classes"
+    assert "negative_prompts" not in json.loads((base / "balance.json").read_text())["options"]
+    again = _run(env.work, "--model", env.model, "--out", base, "--negative-prompts", "other-classes", *FAST)
+    assert again.exit_code == 3 and "Error:" in again.stderr
+    items = [stage.PlanItem("syn-a-00000", "a", 0, "d", "p", 7)]
+    old = [["syn-a-00000", "a", 0, "d", "p", 7]]                     # the fields before negative_prompt existed
+    import hashlib
+
+    assert stage._plan_sha256(items) == hashlib.sha256(json.dumps(old).encode()).hexdigest()

@@ -43,3 +43,13 @@ def test_balance_cost_from_balance_json(efficacy, tmp_path, tiny_model_dir):
         assert c["seconds_per_kept_sample"] == pytest.approx(c["generate_s"] / 3, abs=1e-3)
         assert set(c["evidence"]) == {"benign", "malignant"}
         assert c["evidence"]["benign"].endswith("of 2 moved toward their class")
+
+
+def test_sampling_variants_are_valid_balance_options_on_medsofts_model(efficacy):
+    from medsoft_aug.generate.options import BalanceOptions
+
+    for name, kw in efficacy.SAMPLING.items():
+        BalanceOptions(**kw)._check_values()                   # a typo in a field name or value fails here
+        assert name in efficacy.ON_MEDSOFT
+    a = efficacy.parse(["--quick", "--variants", "medsoft", "negatives", "deepcache-3", "ddim-20"])
+    assert a.variants == ["medsoft", "negatives", "deepcache-3", "ddim-20"]

@@ -33,9 +33,24 @@ def test_demo_chain_balances_and_lesions_move_toward_their_class(demo_run):
     demo_json = json.loads((out / "demo.json").read_text())
     assert len(demo_json["samples"]) == res["generated"]
     assert all(s["toward_class"] in (True, False) for s in demo_json["samples"])
-    # the shipped tiny base (fit on the demo's crops) with the demo's post-selection (3 candidates, classifier
-    # scorer): 17 of 18 measured when it was fit (models/tiny_base/README.md); fewer than 15 means the base,
-    # the grid mapping or the selection regressed (the base before it, fit on whole slices: 14 of 18)
-    assert sum(inten[c]["k"] for c in ("benign", "malignant")) >= 15, inten
+    # the shipped tiny base (fit on the demo's crops), the other class's description as CFG negative and the
+    # demo's post-selection (3 candidates, classifier scorer): 18 of 18 measured (models/tiny_base/README.md;
+    # 17 of 18 without the negatives); fewer than 17 means the base, the grid mapping, the negatives or the
+    # selection regressed. Malignant lesions must be clearly dark: without the negatives 3 of 10 were faint.
+    assert sum(inten[c]["k"] for c in ("benign", "malignant")) >= 17, inten
+    assert demo_json["negative_prompts"] == "other-classes" and demo_json["guidance"] == 7.5
+    assert inten["malignant"]["mean_contrast"] < -0.08 and inten["benign"]["mean_contrast"] > 0.2, inten
     assert demo_json["candidates"] == 3 and all(len(s["candidate_scores"].split(";")) == 3
                                                  for s in demo_json["samples"])
+
+
+def test_the_cli_defaults_are_the_demos():
+    import inspect
+
+    from medsoft_aug import demo
+    from medsoft_aug.cli import demo_cmd
+
+    params = inspect.signature(demo_cmd.demo_command).parameters
+    assert demo_cmd.DEMO_GUIDANCE == demo.DEMO_GUIDANCE == params["guidance"].default
+    assert params["negative_prompts"].default.value == demo.DEMO_NEGATIVES
+    assert params["candidates"].default == demo.DEMO_CANDIDATES

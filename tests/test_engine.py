@@ -161,3 +161,26 @@ def test_unknown_scheduler_is_refused(engine):
     assert options.SCHEDULERS == eng.SCHEDULERS and options.SCORERS == select.SCORERS
     with pytest.raises(ValueError, match="scheduler"):
         eng.make_scheduler("euler", engine.scheduler.config)
+
+
+def test_per_row_negative_embeddings_equal_each_row_alone_and_the_reference(engine):
+    # CFG's unconditional half may be one embedding per row (--negative-prompts): each row of a mixed batch equals
+    # that row alone with its own negative, and the written-out Eq. 7-8 with that negative as the uncond text.
+    rng = np.random.default_rng(5)
+    donors, masks, text, _, e, seeds = _batch(3, rng)
+    negs = torch.from_numpy(rng.standard_normal((3, 7, text.shape[-1])).astype(np.float32))
+    from medsoft_aug.geometry import GridMapping
+
+    views = [GridMapping(64).to_model(d, m) for d, m in zip(donors, masks)]
+    x0, mk = torch.stack([v.image for v in views]), torch.stack([v.mask for v in views])
+    opts = SamplingOptions(steps=3)
+    full = engine.denoise(x0, mk, text, negs, e, seeds, opts)
+    for i in range(3):
+        ref = _reference_ddim(engine, x0[i:i + 1], mk[i:i + 1], text[i:i + 1], negs[i:i + 1], e[i:i + 1], seeds[i],
+                              3, 7.5)
+        np.testing.assert_allclose(full[i:i + 1].numpy(), ref.numpy(), atol=1e-5)
+    same = engine.denoise(x0, mk, text, negs[:1].expand(3, -1, -1), e, seeds, opts)
+    np.testing.assert_allclose(same.numpy(), engine.denoise(x0, mk, text, negs[:1], e, seeds, opts).numpy(), atol=1e-6)
+    assert (full[1] - same[1]).abs().max() > 1e-4                       # the negative matters
+    with pytest.raises(ValueError, match="uncond_emb has 2 rows"):
+        engine.denoise(x0, mk, text, negs[:2], e, seeds, opts)

@@ -200,3 +200,41 @@ def test_real_descriptions_are_moved_to_the_donors_level():
     assert len(p.items) == 3
     for it in p.items:
         assert it.prompt == f"round bright lesion in the {level[it.donor_id]} body, not L3/L4"
+
+
+def test_negative_prompts_other_classes_interleave_every_other_disease_class():
+    prompts = {"benign": ["bright a", "bright b"], "malignant": ["dark a"], "fracture": ["wedge a", "wedge b",
+                                                                                           "wedge c"]}
+    counts = {"normal": 9, "benign": 2, "malignant": 1, "fracture": 3}
+    none = _plan(counts, prompts=prompts)
+    assert none.negative_prompts == "none" and {i.negative_prompt for i in none.items} == {""}
+    p = _plan(counts, prompts=prompts, negative_prompts="other-classes")
+    assert [(i.sample_id, i.prompt, i.seed, i.donor_id) for i in p.items] == \
+        [(i.sample_id, i.prompt, i.seed, i.donor_id) for i in none.items]         # only the negatives differ
+    by = {c: [i.negative_prompt for i in p.items if i.label == c] for c in counts if c != "normal"}
+    # other classes in sorted order (benign: fracture, malignant; ...), interleaved text by text; the k-th item
+    # uses the k-th of the interleaved list, cycling
+    for c, negs in by.items():
+        ref = {"benign": ["wedge a", "dark a", "wedge b", "wedge c"],
+               "malignant": ["bright a", "wedge a", "bright b", "wedge b", "wedge c"],
+               "fracture": ["bright a", "dark a", "bright b"]}[c]
+        assert negs == [ref[k % len(ref)] for k in range(len(negs))], c
+    assert p.to_dict()["negative_prompts"] == "other-classes"
+    only = _plan(counts, prompts=prompts, negative_prompts="other-classes", classes=["malignant"])
+    assert {i.negative_prompt for i in only.items} <= {"bright a", "wedge a", "bright b", "wedge b", "wedge c"}
+    with pytest.raises(UsageError, match="no other disease class"):
+        _plan({"normal": 4, "benign": 1}, negative_prompts="other-classes")
+    with pytest.raises(UsageError, match="--negative-prompts must be one of"):
+        _plan(counts, negative_prompts="others")
+
+
+def test_negative_prompts_name_the_donors_level_like_the_prompt():
+    idx = make_index({"normal": 4, "benign": 1, "malignant": 1},
+                     descriptions={"benign": ["bright lesion in L3"], "malignant": ["dark lesion in L3"]})
+    idx.loc[idx.label == "normal", "level"] = ["L1", "L5", "L2", "L4"]
+    idx.loc[idx.label != "normal", "level"] = "L3"
+    level = dict(zip(idx.sample_id, idx.level))
+    p = plan_balance(idx, make_masks(idx), prompts=PROMPTS, negative_prompts="other-classes")
+    for it in p.items:
+        other = "dark" if it.label == "benign" else "bright"
+        assert it.negative_prompt == f"{other} lesion in {level[it.donor_id]}"

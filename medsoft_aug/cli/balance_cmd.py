@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from .options import Blend, DType, Geometry, JsonOpt, OutputFormat, PromptMode, Scheduler, Scorer, WorkArg
+from .options import (Blend, DType, Geometry, JsonOpt, Negatives, OutputFormat, PromptMode, Scheduler, Scorer,
+                      WorkArg)
 from .output import guarded, print_json, progress_reporter, torch_threads
 
 if TYPE_CHECKING:
@@ -72,6 +73,11 @@ BlendOpt = Annotated[Blend, _opt(_SAMPLING, "--blend", help="Latent kept outside
                                  "7): masked = VAE(I_m), the paper's text; donor = VAE(x0) (no dark band where the "
                                  "soft mask is fractional). Pixels where the mask is 0 are the donor's either "
                                  "way.")]
+NegativesOpt = Annotated[Negatives, _opt(_SAMPLING, "--negative-prompts", help="What classifier-free guidance "
+                                         "steers away from: none = the empty text (the paper's, default); "
+                                         "other-classes = another disease class's description per sample (like "
+                                         "diffusers' negative_prompt; recorded per row in the manifest's "
+                                         "negative_prompt). Needs two or more disease classes.")]
 # ---- model and grid mapping
 BaseModel = Annotated[Optional[str], _opt(_MODEL, "--base-model", help="Use this base model (diffusers folder or "
                                           "hub id) instead of the one recorded in MODEL_DIR, e.g. the same SD1.5 "
@@ -132,6 +138,7 @@ def balance_command(
     normal_class: NormalClass = None, shard: Shard = None,
     steps: Steps = 50, guidance: Guidance = 7.5, scheduler: SchedulerOpt = Scheduler.ddim, eta: Eta = 0.0,
     blend: BlendOpt = Blend.masked, deepcache_interval: DeepCacheOpt = 0,
+    negative_prompts: NegativesOpt = Negatives.none,
     base_model: BaseModel = None, geometry: GeometryOpt = None, crop_margin: CropMargin = None,
     resolution: Resolution = None,
     batch_size: BatchSize = "8", device: Device = "auto", dtype: DTypeOpt = DType.auto,

@@ -6,10 +6,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import Blend, JsonOpt, Scorer, value
+from .options import Blend, JsonOpt, Negatives, Scorer, value
 from .output import STATE, guarded, print_json, progress_reporter
 
 DEMO_THREADS = 1
+DEMO_GUIDANCE = 7.5           # = demo.DEMO_GUIDANCE (not imported: demo imports pandas; tests/test_demo.py)
 
 
 @guarded
@@ -24,14 +25,17 @@ def demo_command(
         "--train-steps", hidden=True, help="Deprecated name of --max-steps.")] = None,
     steps: Annotated[int, typer.Option("--steps", help="DDIM steps when generating (paper: 50).")] = 50,
     guidance: Annotated[float, typer.Option(
-        "--guidance", help="Classifier-free guidance scale (paper: 7.5; the demo's tiny base model needs more to "
-        "make its lesions clearly visible).")] = 15.0,
+        "--guidance", help="Classifier-free guidance scale (paper and demo: 7.5).")] = DEMO_GUIDANCE,
     seed: Annotated[int, typer.Option("--seed", help="Seed of training and generation.")] = 0,
     device: Annotated[str, typer.Option("--device", help="cpu (default: the tiny models are made for it), "
                                         "auto, cuda.")] = "cpu",
     blend: Annotated[Blend, typer.Option(
         "--blend", help="Eq. 7 latent kept outside the mask: donor = VAE(x0) (demo default) or masked = VAE(I_m) "
         "(the paper's text and the `balance` default; on the tiny model it darkens every lesion).")] = Blend.donor,
+    negative_prompts: Annotated[Negatives, typer.Option(
+        "--negative-prompts", help="What classifier-free guidance steers away from: other-classes (demo "
+        "default: the other disease class's description) or none (the empty text, the paper's and `balance`'s "
+        "default).")] = Negatives.other_classes,
     candidates: Annotated[int, typer.Option(
         "--candidates", help="balance's post-selection: K candidates per planned sample, the best kept (1 = "
         "none).")] = 3,
@@ -48,7 +52,8 @@ def demo_command(
     threads = DEMO_THREADS if STATE["threads"] is None else STATE["threads"] or None     # 0: torch's choice
     with progress_reporter() as on_progress:
         res = demo(out, train_steps=train_steps or max_steps, steps=steps, guidance=guidance, seed=seed,
-                   device=device, threads=threads, blend=value(blend), candidates=candidates,
+                   device=device, threads=threads, blend=value(blend), negative_prompts=value(negative_prompts),
+                   candidates=candidates,
                    scorer=value(scorer), on_progress=on_progress)
     if json_out:
         print_json(res)

@@ -82,6 +82,11 @@ class Blend(str, Enum):
     donor = "donor"
 
 
+class Negatives(str, Enum):          # = generate.plan.NEGATIVE_MODES
+    none = "none"
+    other_classes = "other-classes"
+
+
 class Geometry(str, Enum):
     crop = "crop"
     pad = "pad"

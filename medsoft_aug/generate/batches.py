@@ -93,7 +93,8 @@ def generate(job: Job, gen: Generator, picker: Picker, todo: list[PlanItem], row
             on_step = batch_steps(job.on_progress, "balance: denoising steps", start // per_batch, n_batches)
             outs = gen.inpaint([p[0] for p in pairs for _ in range(k)], [p[1] for p in pairs for _ in range(k)],
                                [it.prompt for it in ok for _ in range(k)],
-                               [candidate_seed(it.seed, j) for it in ok for j in range(k)], on_step) if ok else []
+                               [candidate_seed(it.seed, j) for it in ok for j in range(k)], on_step,
+                               negatives=[it.negative_prompt for it in ok for _ in range(k)]) if ok else []
             writer.submit(partial(_finish_batch, job, gen, picker, ok, pairs, outs, bad, by_id, rows, failures,
                                   done, len(batch)))
             report(job.on_progress, "balance", done["items"], len(todo))
@@ -154,5 +155,6 @@ def write_sample(it: PlanItem, img: np.ndarray, msk: np.ndarray, donor: dict, jo
     atomic_save_npy(out / mask_rel, msk.astype(np.float32))
     return {"sample_id": it.sample_id, "patient_id": donor.get("patient_id", ""), "split": "train",
             "label": it.label, "origin": "synthetic", "image": img_rel, "mask": mask_rel,
-            "donor_id": it.donor_id, "prompt": it.prompt, "seed": str(it.seed), **job.consts,
+            "donor_id": it.donor_id, "prompt": it.prompt, "negative_prompt": it.negative_prompt,
+            "seed": str(it.seed), **job.consts,
             "sha256": sha256_file(out / img_rel)}

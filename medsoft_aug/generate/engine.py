@@ -13,7 +13,8 @@ Per sample ``b`` (shapes for one row; ``R`` = model resolution, ``h = w = R / f`
 3. ``m_b`` = ``M_b`` area-downsampled to (h, w).
 4. Its own ``torch.Generator(seed)`` (on CPU, so results do not depend on the device) draws, in this order:
    the initial noise ``eps`` (4, h, w), then one DDIM variance-noise tensor per step when ``eta > 0``.
-5. For each DDIM step t: classifier-free guidance over a 2B batch (uncond = empty-text embedding + zero e_MSC),
+5. For each DDIM step t: classifier-free guidance over a 2B batch (uncond = empty-text embedding, or the row's
+   negative prompt's, + zero e_MSC),
    ``p_{t-1}`` = DDIM step (Eq. 8), then ``z_{t-1} = p_{t-1} * m_b + z_{m,t-1} * (1 - m_b)`` (Eq. 7) with
    ``z_{m,t-1}`` = ``z_m`` noised with ``eps`` to the level of the next timestep (clean ``z_m`` after the last).
 6. Decode, to grayscale [0,1], map back through the same window, and composite in pixel space at the native
@@ -174,6 +175,8 @@ class InpaintEngine:
         text = text_emb.to(dev, dt)
         e = None if e_msc is None else e_msc.to(dev, dt)
         if cfg:
+            if uncond_emb.shape[0] not in (1, b):
+                raise ValueError(f"uncond_emb has {uncond_emb.shape[0]} rows for a batch of {b}")
             text = torch.cat([uncond_emb.to(dev, dt).expand(b, -1, -1), text])
             e = None if e is None else torch.cat([torch.zeros_like(e), e])
         return unet_conditioning(self.unet, text, e)
@@ -205,7 +208,8 @@ class InpaintEngine:
 
         Args:
             x0: (B, 1, R, R) donor images in [0, 1]. mask: (B, 1, R, R) soft masks M_b in [0, 1].
-            text_emb: (B, L, C) prompt embeddings. uncond_emb: (1, L, C) empty-prompt embedding.
+            text_emb: (B, L, C) prompt embeddings. uncond_emb: (1, L, C) empty-prompt embedding, or (B, L, C) one
+                negative-prompt embedding per row (CFG's unconditional half).
             e_msc: (B, D) medical semantic features, or None (text only). seeds: B ints (one generator each).
         Returns:
             (B, 1, R, R) float32 decoded images in [0, 1] on the CPU (not yet composited).

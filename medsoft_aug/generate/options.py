@@ -17,7 +17,7 @@ from ..geometry import MODES
 from ..workdir import check_work, images_root_of, normal_class_of
 from .batching import parse_batch_size
 from .fastpath import FastPath
-from .plan import parse_shard
+from .plan import NEGATIVE_MODES, parse_shard
 from .scaleout import AutoShard, resolve_shard, shard_dir
 from .writers import FORMATS
 
@@ -39,7 +39,9 @@ class BalanceOptions:
     Eq. 7's latent outside the mask, ``masked`` = VAE(I_m) or ``donor`` = VAE(x0); ``scheduler``: ``ddim`` or a
     multistep solver (``dpmsolver++``, ``unipc``; see engine.SamplingOptions); ``deepcache_interval`` N > 0:
     DeepCache, the UNet's deep features reused between full evaluations every N steps (``generate.deepcache``;
-    in the fingerprint when set, so a run without it is unchanged).
+    in the fingerprint when set, so a run without it is unchanged); ``negative_prompts``: ``none`` (CFG against
+    the empty text, the paper's) or ``other-classes`` (each sample guided away from another disease class's
+    description, as diffusers' ``negative_prompt``; ``plan.plan_balance``; in the fingerprint when set).
     Model and grid: ``base_model`` overrides MODEL_DIR's base (same hash); ``geometry`` / ``crop_margin`` /
     ``resolution`` override its grid mapping (warned).
     Engine: ``batch_size`` engine rows per batch, or ``auto`` (``generate.batching``: the largest that fits on
@@ -70,6 +72,7 @@ class BalanceOptions:
     blend: str = "masked"                      # BLENDS
     scheduler: str = "ddim"                    # SCHEDULERS
     deepcache_interval: int = 0                # 0 off; N: whole UNet every N steps (generate/deepcache.py)
+    negative_prompts: str = "none"             # plan.NEGATIVE_MODES
     # model and its grid mapping (None: MODEL_DIR's)
     base_model: Optional[str] = None
     geometry: Optional[str] = None             # geometry.MODES
@@ -138,6 +141,8 @@ class BalanceOptions:
             (self.output_format in FORMATS,
              f"--output-format must be one of {', '.join(FORMATS)}, got {self.output_format!r}"),
             (self.blend in BLENDS, f"--blend must be masked or donor, got {self.blend!r}"),
+            (self.negative_prompts in NEGATIVE_MODES,
+             f"--negative-prompts must be one of {', '.join(NEGATIVE_MODES)}, got {self.negative_prompts!r}"),
             (self.steps >= 1 and self.guidance >= 0 and self.eta >= 0,
              "--steps must be >= 1, --guidance and --eta >= 0"),
             (_batch_size_ok(self.batch_size), f"--batch-size must be an integer >= 1 or auto, got {self.batch_size!r}"),
@@ -171,7 +176,8 @@ class BalanceOptions:
                 "shard": f"{inputs.k}/{inputs.n}", "normal_class": inputs.normal_class, "geometry": mapping,
                 "candidates": int(self.candidates), "scorer": self.scorer_kind or "",
                 "min_score": None if self.min_score is None else float(self.min_score),
-                **({"deepcache_interval": int(self.deepcache_interval)} if self.deepcache_interval else {})}
+                **({"deepcache_interval": int(self.deepcache_interval)} if self.deepcache_interval else {}),
+                **({"negative_prompts": self.negative_prompts} if self.negative_prompts != "none" else {})}
 
     def row_constants(self, model_name: str, model_sha: str) -> dict[str, str]:
         """The manifest fields every synthetic row of the run shares."""

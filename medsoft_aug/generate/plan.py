@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from fractions import Fraction
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
@@ -38,6 +39,7 @@ from ..errors import InputError, UsageError
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 MAX_PLAN_FACTOR = 100                          # default limit: synthetic samples per training sample
 DICOM_SOURCES = ("dicom", "dicom-series")      # index.csv source_format values a DICOM output can be built from
+NEGATIVE_MODES = ("none", "other-classes")     # --negative-prompts
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class PlanItem:
     donor_id: str       # normal training sample whose image and soft mask are used
     prompt: str         # lesion description (e_t for the MSC, text condition for the UNet)
     seed: int           # 63-bit seed derived from (run seed, sample_id)
+    negative_prompt: str = ""   # the CFG negative (--negative-prompts other-classes); "" = the empty text
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class ClassPlan:
     texts: tuple[tuple[str, str], ...]      # (text, the level the text names or "")
     pool: str                               # key into BalancePlan.pools ("" = every donor)
     start: int
+    negatives: tuple[tuple[str, str], ...] = ()    # CFG negatives (other classes' texts, interleaved) or ()
 
 
 @dataclass
@@ -80,6 +84,7 @@ class BalancePlan:
     pools: dict[str, list[str]] = field(default_factory=dict, repr=False)    # donor ids, permuted
     levels: dict[str, str] = field(default_factory=dict, repr=False)         # donor id -> level
     donor_pool: dict[str, Any] = field(default_factory=dict)   # eligible / pool sizes, excluded donors by format
+    negative_prompts: str = "none"       # NEGATIVE_MODES
 
     @property
     def total(self) -> int:
@@ -103,8 +108,10 @@ class BalancePlan:
         pool = self.pools[c.pool]
         donor = pool[(c.start + j) % len(pool)]
         sid = f"syn-{c.slug}-{j:05d}"
-        text = _fill_prompt(*c.texts[j % len(c.texts)], self.levels.get(donor, ""))
-        return PlanItem(sid, c.label, j, donor, text, derive_seed(self.run_seed, sid))
+        level = self.levels.get(donor, "")
+        text = _fill_prompt(*c.texts[j % len(c.texts)], level)
+        negative = _fill_prompt(*c.negatives[j % len(c.negatives)], level) if c.negatives else ""
+        return PlanItem(sid, c.label, j, donor, text, derive_seed(self.run_seed, sid), negative)
 
     def donor_uses(self) -> dict[str, int]:
         """Donor id -> number of items using it, by arithmetic over the round-robin cursors (O(donors))."""
@@ -139,7 +146,7 @@ class BalancePlan:
             "counts_before": self.counts_before, "target": self.target, "to_generate": self.to_generate,
             "counts_after": self.counts_after, "total_to_generate": self.total, "output_format": self.output_format,
             "donors": {"n_used": len(uses), "uses": uses, **self.donor_pool},
-            "prompt_source": self.prompt_source, "prompts": self.prompts(),
+            "prompt_source": self.prompt_source, "prompts": self.prompts(), "negative_prompts": self.negative_prompts,
         }
         if with_items:
             d["items"] = [asdict(it) for it in self.iter_items()]
@@ -196,6 +203,7 @@ def plan_balance(
     seed: int = 0,
     max_synthetic: Optional[int] = None,
     output_format: str = "png",
+    negative_prompts: str = "none",
 ) -> BalancePlan:
     """Plan the synthetic samples that bring each disease class to ``ratio`` times the normal class (train split).
 
@@ -213,6 +221,10 @@ def plan_balance(
         seed: run seed (donor permutation and per-sample seeds).
         max_synthetic: most synthetic samples allowed (default ``MAX_PLAN_FACTOR`` x the train split).
         output_format: ``dicom`` keeps only DICOM donors in the pool.
+        negative_prompts: ``none`` (classifier-free guidance against the empty text, the paper's) or
+            ``other-classes``: item k of a class is guided away from the k-th of the other disease classes' texts
+            (interleaved class by class, the same source rule as the class's own texts, at the donor's level), as
+            diffusers' ``negative_prompt``; see :func:`_negatives`.
 
     Raises UsageError (ratio <= 0, bad prompt_mode, a plan above ``max_synthetic``) or InputError (no normal
     training samples, a class without training samples, no usable donor, no prompt for a class).
@@ -222,6 +234,8 @@ def plan_balance(
         raise UsageError(f"--target-ratio must be a positive number, got {ratio}")
     if prompt_mode not in ("auto", "descriptions", "file"):
         raise UsageError(f"prompt mode must be auto, descriptions or file, got {prompt_mode!r}")
+    if negative_prompts not in NEGATIVE_MODES:
+        raise UsageError(f"--negative-prompts must be one of {', '.join(NEGATIVE_MODES)}, got {negative_prompts!r}")
     train = index[index["split"] == "train"]
     counts_before = {str(k): int(v) for k, v in sorted(train["label"].value_counts().items())}
     n_normal = counts_before.get(normal_class, 0)
@@ -238,12 +252,32 @@ def plan_balance(
     pools: dict[str, list[str]] = {"": order}
     specs, sources = _class_plans(train, planned, to_gen, prompts, prompt_mode, pools,
                                   dict(zip(order, _column(normals, "condition"))))
+    if negative_prompts == "other-classes":
+        specs = _negatives(specs, train, normal_class, prompts, prompt_mode)
     counts_after = {**counts_before, **{c: counts_before[c] + n for c, n in to_gen.items()}}
     return BalancePlan(normal_class=normal_class, ratio=float(ratio), run_seed=int(seed),
                        counts_before=counts_before, target=target, to_generate=to_gen,
                        counts_after=counts_after, prompt_source=sources, output_format=output_format,
                        classes=specs, pools=pools, levels=dict(zip(order, _column(normals, "level"))),
-                       donor_pool=pool_info)
+                       donor_pool=pool_info, negative_prompts=negative_prompts)
+
+
+def _negatives(specs: list[ClassPlan], train: pd.DataFrame, normal_class: str,
+               prompts: Optional[Mapping[str, Sequence[str]]], prompt_mode: str) -> list[ClassPlan]:
+    """Each planned class's CFG negatives: the texts of every other disease class of the train split (planned or
+    not; taken as its own texts would be, ``_class_texts``), interleaved class by class (first text of each
+    class, then the second, ...). A class to generate with no other class to contrast with is refused."""
+    diseases = [str(c) for c in sorted(set(train["label"])) if c != normal_class]
+    texts = {c: _class_texts(c, train[train["label"] == c], prompts, prompt_mode)[0] for c in diseases}
+    out = []
+    for spec in specs:
+        groups = [texts[c] for c in diseases if c != spec.label and texts[c]]
+        neg = tuple(t for row in itertools.zip_longest(*groups) for t in row if t is not None)
+        if spec.n and not neg:
+            raise UsageError(f"--negative-prompts other-classes: class {spec.label!r} has no other disease class "
+                             "with a description or prompt to guide away from; use --negative-prompts none")
+        out.append(replace(spec, negatives=neg))
+    return out
 
 
 def _class_plans(train: pd.DataFrame, planned: list[str], to_gen: dict[str, int],

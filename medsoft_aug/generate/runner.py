@@ -93,11 +93,13 @@ class Generator:
         return apply_mask_mode(mask, self.mask_mode)
 
     def inpaint(self, donors: Sequence[np.ndarray], masks: Sequence[np.ndarray], prompts: Sequence[str],
-                seeds: Sequence[int], on_step: Optional[Callable[[int, int], None]] = None) -> list[np.ndarray]:
+                seeds: Sequence[int], on_step: Optional[Callable[[int, int], None]] = None,
+                negatives: Optional[Sequence[str]] = None) -> list[np.ndarray]:
         """Inpaint one batch: donors and soft masks (H_b, W_b) in [0, 1] at their native grids, one prompt and
         seed each -> B float32 arrays (H_b, W_b) in [0, 1], exactly the donor's outside the model window and
         wherever :meth:`used_mask` is 0. The model's mask mode applies on every grid: native (composite), model
-        (I_m, e_MSC), latent (Eq. 7). ``on_step(done, total)`` is called after each DDIM step."""
+        (I_m, e_MSC), latent (Eq. 7). ``on_step(done, total)`` is called after each DDIM step. ``negatives``: one
+        CFG negative text per row ("" = the empty text; None: all empty)."""
         windows = [self.mapping.window(m) for m in masks]                      # the soft mask's, as in training
         masks = [self.used_mask(m) for m in masks]
         views = [self.mapping.to_model(d, m, w) for d, m, w in zip(donors, masks, windows)]
@@ -107,5 +109,6 @@ class Generator:
         texts = list(prompts)
         text_emb = self.trained.base.encode_prompt(texts)
         e = self.e_msc(x0, mr, texts)
-        return self.engine.inpaint(list(donors), list(masks), text_emb, self.uncond, e, list(seeds), self.opts,
+        uncond = self.trained.base.encode_prompt(list(negatives)) if negatives and any(negatives) else self.uncond
+        return self.engine.inpaint(list(donors), list(masks), text_emb, uncond, e, list(seeds), self.opts,
                                    mapping=self.mapping, views=views, on_step=on_step)

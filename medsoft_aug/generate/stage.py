@@ -93,7 +93,8 @@ def balance(work: str | Path, model: Optional[str | Path] = None, out: Optional[
     # 2. The plan (a dry run stops here: no model loaded, nothing written).
     plan = plan_balance(inp.index, inp.masks, normal_class=inp.normal_class, ratio=opts.target_ratio,
                         classes=opts.classes, prompts=load_prompts(opts.prompts), prompt_mode=opts.prompt_mode,
-                        seed=opts.seed, max_synthetic=opts.max_synthetic, output_format=opts.output_format)
+                        seed=opts.seed, max_synthetic=opts.max_synthetic, output_format=opts.output_format,
+                        negative_prompts=opts.negative_prompts)
     items = list(plan.iter_items(inp.k, inp.n))
     if opts.dry_run:
         return {"dry_run": True, "shard": f"{inp.k}/{inp.n}", "n_in_shard": len(items), **plan.to_dict()}
@@ -178,7 +179,10 @@ def _picker(inp: Inputs, gen: Generator, opts: BalanceOptions) -> Picker:
 
 
 def _plan_sha256(items: list[PlanItem]) -> str:
-    return hashlib.sha256(json.dumps([list(i.__dict__.values()) for i in items]).encode()).hexdigest()
+    """The items' hash; an empty ``negative_prompt`` (the last field) is left out, so plans made before
+    --negative-prompts existed keep their hash (and their OUT resumes)."""
+    rows = [list(i.__dict__.values())[:None if i.negative_prompt else -1] for i in items]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
 def _work_warnings(model_dir: Path, work: Path) -> list[str]:
