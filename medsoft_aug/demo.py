@@ -49,9 +49,9 @@ DEMO_GUIDANCE = 7.5
 DEMO_GEOMETRY = "crop"
 DEMO_CROP_MARGIN = 0.0
 # What classifier-free guidance steers away from (balance --negative-prompts): the other disease class's
-# description. Measured with the tool's check (tools/tiny_base_checks.py setting, 16 normal slices x 2 seeds, no MSC,
-# guidance 15, donor blend): median lesion contrast benign +0.23 -> +0.46, malignant -0.07 -> -0.14; malignant
-# samples with a clear dark focus (contrast below -0.05) 24 -> 32 of 32. See models/tiny_base/README.md.
+# description. Measured by bench/negative_prompts.py (16 normal slices x 2 seeds, no MSC, donor blend, guidance 7.5):
+# median lesion contrast benign +0.22 -> +0.41, malignant -0.07 -> -0.12; malignant samples with a clear dark focus
+# (contrast below -0.05) 24 -> 32 of 32 (bench/RESULTS.md).
 DEMO_NEGATIVES = "other-classes"
 # Post-selection in the demo (balance --candidates K --scorer classifier): see the README ("Does it help?").
 DEMO_CANDIDATES = 3

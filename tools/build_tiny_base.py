@@ -245,12 +245,12 @@ def build(args: argparse.Namespace, command: str) -> dict:
     """Fit (or continue, ``--init``) the tiny base, save it to ``args.out``, check it, write fit.json + README."""
     t0 = time.time()
     torch.manual_seed(args.seed)
-    data = load_rows(args.work, tuple(args.splits.split(",")), 64 if args.init is None else
-                     load_base_model(str(args.init)).resolution, args.geometry, args.crop_margin)
+    resolution = args.resolution or (64 if args.init is None else load_base_model(str(args.init)).resolution)
+    data = load_rows(args.work, tuple(args.splits.split(",")), resolution, args.geometry, args.crop_margin)
     prior = json.loads((args.init / "fit.json").read_text()) if args.init and (args.init / "fit.json").is_file() \
         else {}
     if args.init is not None:
-        model = load_base_model(str(args.init))
+        model = with_resolution(load_base_model(str(args.init)), resolution)
     else:
         model = build_tiny_base(seed=args.seed, corpus=sorted({t for t in data.text if t}) or None)
     with tempfile.TemporaryDirectory() as tmp:
@@ -284,6 +284,18 @@ def build(args: argparse.Namespace, command: str) -> dict:
     atomic_write_json(args.out / "fit.json", record)
     atomic_write_text(args.out / "README.md", readme(record, args.out))
     return record
+
+
+def with_resolution(model: BaseModel, resolution: int) -> BaseModel:
+    """The model at another square size (UNet and VAE are convolutional: the same weights, their configs' sample
+    sizes changed; the product reads the resolution back from unet sample_size x the VAE factor)."""
+    factor = model.vae_scale_factor
+    if resolution % (factor * 2 ** (len(model.unet.config.block_out_channels) - 1)):
+        raise SystemExit(f"--resolution {resolution} is not a multiple of the model's latent grid")
+    model.unet.register_to_config(sample_size=resolution // factor)
+    model.vae.register_to_config(sample_size=resolution)
+    model.resolution = resolution
+    return model
 
 
 def _fit_vae(model: BaseModel, data: Rows, args, tmp: Path) -> list[float]:
@@ -321,6 +333,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--eval-work", type=Path, default=None, help="WORK to check on (default: non-training rows)")
     ap.add_argument("--splits", default="train", help="comma-separated splits to fit on (default: train)")
     ap.add_argument("--init", type=Path, default=None, help="continue from an earlier output (its tokenizer, VAE)")
+    ap.add_argument("--resolution", type=int, default=None,
+                    help="model grid size in pixels (default: 64, or --init's); with --init another size refits "
+                         "the same convolutional weights at that size")
     ap.add_argument("--vae-steps", type=int, default=600)
     ap.add_argument("--unet-steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=16)

@@ -31,9 +31,12 @@ def class_prompts(texts: list[str], labels: list[str]) -> dict[str, list[str]]:
 
 @torch.no_grad()
 def inpaint_check(model: BaseModel, ev, prompts: dict[str, list[str]], *, n_rows: int, steps: int,
-                  guidance: float, blend: str, seed: int) -> tuple[dict, dict[str, list[np.ndarray]]]:
+                  guidance: float, blend: str, seed: int,
+                  negatives: bool = False) -> tuple[dict, dict[str, list[np.ndarray]]]:
     """Inpaint the first ``n_rows`` normal rows of ``ev`` with each class's descriptions in turn (one per row)
-    through ``InpaintEngine`` (no MSC); per-sample evidence against the real lesions of ``ev``."""
+    through ``InpaintEngine`` (no MSC); per-sample evidence against the real lesions of ``ev``. ``negatives``:
+    CFG against the other class's description of the same row (``balance --negative-prompts other-classes``)
+    instead of the empty text."""
     engine = InpaintEngine(model.unet, model.vae, model.inference_scheduler(), model.resolution)
     sel = [i for i, lab in enumerate(ev.label) if ev.text[i] == ""][:n_rows]
     x0, mk = ev.image[sel], ev.mask[sel]
@@ -44,7 +47,10 @@ def inpaint_check(model: BaseModel, ev, prompts: dict[str, list[str]], *, n_rows
         real = [i for i, lab in enumerate(ev.label) if lab == cls]
         ref = float(np.mean([_mean(ev.image[i], ev.mask[i]) for i in real])) if real else None
         per_row = [texts[i % len(texts)] for i in range(len(sel))]
-        dec = engine.denoise(x0, mk, model.encode_prompt(per_row), uncond, None,
+        others = [t for c, ts in prompts.items() if c != cls for t in ts]
+        neg = model.encode_prompt([others[i % len(others)] for i in range(len(sel))]) if negatives and others \
+            else uncond
+        dec = engine.denoise(x0, mk, model.encode_prompt(per_row), neg, None,
                              [seed + i for i in range(len(sel))], opts)
         outs = [composite(x0[i, 0].numpy(), dec[i, 0].numpy(), mk[i, 0].numpy()) for i in range(len(sel))]
         rows = [{"label": cls, **sample_evidence(x0[i, 0].numpy(), outs[i], mk[i, 0].numpy(), reference_mean=ref)}
@@ -75,6 +81,8 @@ def check(model: BaseModel, ev, prompts: dict[str, list[str]], sheet: Optional[P
         out[f"inpaint_{blend}"], images = inpaint_check(model, ev, prompts, n_rows=n_rows, steps=steps,
                                                         guidance=guidance, blend=blend, seed=seed)
         shown = shown or images
+    out["inpaint_donor_negatives"], _ = inpaint_check(model, ev, prompts, n_rows=n_rows, steps=steps,
+                                                      guidance=guidance, blend="donor", seed=seed, negatives=True)
     if sheet is not None:
         sel = [i for i, t in enumerate(ev.text) if t == ""][:n_rows]
         rows = [[ev.image[i, 0].numpy(), *(shown[c][k] for c in shown)] for k, i in enumerate(sel)]
@@ -99,7 +107,7 @@ def readme(rec: dict, out: Path) -> str:
     commands = "\n".join(rec["commands"])
 
     def line(blend: str, cls: str) -> str:
-        r = rec[f"inpaint_{blend}"].get(cls)
+        r = rec.get(f"inpaint_{blend}", {}).get(cls)
         if not r:
             return f"{cls}: -"
         return (f"{cls}: {r['k']} of {r['checked']} moved toward their class (mean inside the mask "
@@ -153,6 +161,8 @@ Every slice is seen on the model grid as in training ({view}).
   steps, guidance {rec['eval_guidance']}, each slice with its own description of the class):
   - `--blend donor` (z_m = VAE(x0), the demo's): {line('donor', 'benign')}; {line('donor', 'malignant')}
   - `--blend masked` (z_m = VAE(I_m), the paper's): {line('masked', 'benign')}; {line('masked', 'malignant')}
+  - `--blend donor --negative-prompts other-classes` (CFG against the other class's description, the demo's):
+    {line('donor_negatives', 'benign')}; {line('donor_negatives', 'malignant')}
 - `contact_sheet.png`: per row a normal slice (mask outlined) and its inpaintings with a benign and a malignant
   description (`--blend donor`); last rows: a real lesion of each class.
 
