@@ -3,8 +3,8 @@
 The graph is read from the source with ``ast`` (module-level and function-level imports alike), so a lazy import
 inside a function counts as much as one at the top. The order (README "Architecture"):
 
-    helpers (errors, fsutil, csvio, locks, progress, versions, workdir, manifest, geometry, viz)  <  io, sample_data
-    <  ingest  <  masks  <  models  <  train  <  generate  <  evaluate  <  api  <  demo  <  cli
+    helpers (errors, fsutil, csvio, locks, progress, versions, workdir, manifest, geometry, viz, batchsize)
+    <  io, sample_data  <  ingest  <  masks  <  models  <  train  <  generate  <  evaluate  <  api  <  demo  <  cli
 
 A module may import its own area and earlier ones. In addition: ``train`` is used only by the entry points
 (api, demo, cli), not by generate or evaluate (they read a MODEL_DIR through ``models``); only ``cli`` imports
@@ -18,7 +18,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "medsoft_aug"
 
-RANK = {"": 0, "errors": 0, "fsutil": 0, "csvio": 0, "locks": 0, "progress": 0, "versions": 0, "workdir": 0,
+RANK = {"": 0, "batchsize": 0, "errors": 0,
+        "fsutil": 0, "csvio": 0, "locks": 0, "progress": 0, "versions": 0, "workdir": 0,
         "manifest": 0, "geometry": 0, "viz": 0, "io": 1, "sample_data": 1, "ingest": 2, "masks": 3, "models": 4,
         "train": 5, "generate": 6, "evaluate": 7, "api": 8, "demo": 9, "cli": 10}
 TRAIN_USERS = {"train", "api", "demo", "cli"}

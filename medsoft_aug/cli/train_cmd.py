@@ -40,8 +40,13 @@ Geom = Annotated[Geometry, _opt("--geometry", "Native-to-model grid mapping: cro
                                 "MODEL_DIR; balance uses it.")]
 Margin = Annotated[float, _opt("--crop-margin", "Context around the mask's bounding box on each side, as a fraction "
                                "of its longer side (crop only).")]
-Batch = Annotated[int, _opt("--batch-size", "Samples per process per micro-batch.")]
-Accum = Annotated[int, _opt("--grad-accum", "Gradient accumulation steps.")]
+Batch = Annotated[str, _opt("--batch-size", "Samples per process per micro-batch: an integer >= 1, or auto (CUDA: "
+                            "the largest micro-batch whose measured training step - forward, backward, optimizer "
+                            "step - fits with a 10% margin, probed per stage at 1, 2, 4, ...; CPU/MPS: 4). The "
+                            "choice is recorded in MODEL_DIR and reused by --resume. auto picks the micro-batch "
+                            "only: --grad-accum still multiplies it.")]
+Accum = Annotated[int, _opt("--grad-accum", "Gradient accumulation steps: an optimizer step sees batch size x "
+                            "grad-accum x processes samples.")]
 Precision = Annotated[MixedPrecision, _opt("--mixed-precision", "no (fp32), bf16 (CPU or a bf16 GPU; the fast "
                                            "choice on A100/H100/H200) or fp16 (CUDA only, loss scaling); "
                                            "unsupported on this machine: exit 3.")]
@@ -67,7 +72,7 @@ def train_cmd(work: WorkArg, out: Out, stage: Stage = TrainStage.all, max_steps:
               msc_steps: MscSteps = None, base_model: BaseModel = "tiny", encoder: Encoder = "tiny",
               gamma: Gamma = 1.0, no_msc: NoMsc = False, mask_mode: Mask = MaskMode.soft,
               train_unet: Unet = TrainUnet.none, resolution: Resolution = None, geometry: Geom = Geometry.crop,
-              crop_margin: Margin = 0.25, batch_size: Batch = 4, grad_accum: Accum = 1,
+              crop_margin: Margin = 0.25, batch_size: Batch = "4", grad_accum: Accum = 1,
               mixed_precision: Precision = MixedPrecision.no, gradient_checkpointing: Checkpointing = False,
               compile: Compile = False, num_workers: Workers = 0, cache_batch: CacheBatch = 8,
               checkpoint_every: Every = 500, checkpoints_keep: Keep = 2, resume: Resume = None, seed: Seed = 0,

@@ -9,7 +9,9 @@ A stage is a ``TrainTask`` (duck-typed protocol) that ``loop.run_task`` drives:
                                                                # their requires_grad tensors are saved)
         def loss(self, batch: dict, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]
                                                     # draw ALL randomness from ``generator`` (its state is
-                                                    # checkpointed; that is what makes --resume exact)
+                                                    # checkpointed; that is what makes --resume exact); any
+                                                    # batch size (``--batch-size auto`` probes it on CUDA at
+                                                    # 1, 2, 4, ... samples: ``autobatch.py``)
         def evaluate(self, batch: dict) -> dict[str, float]    # validation metrics for one batch (no grad)
         def export_state(self) -> dict[str, Tensor]            # weights written to msc/adapter .safetensors
       optional:

@@ -25,7 +25,7 @@ import inspect
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
@@ -34,6 +34,7 @@ import torch
 
 from ..errors import InputError, UsageError
 from ..progress import ProgressFn, report
+from .autobatch import resolve_batch
 from .checkpoints import (STATE_FILE, list_checkpoints, register_hooks, resolve_checkpoint,  # noqa: F401
                           resume_state, save_checkpoint, trainable_state)
 
@@ -47,7 +48,7 @@ class LoopConfig:
     """Engine settings (the training arguments recorded in medsoft_model.json)."""
 
     max_steps: int = 1000               # optimizer steps
-    batch_size: int = 4                 # per process, per micro-batch
+    batch_size: int | str = 4           # per process, per micro-batch; "auto": chosen by autobatch.py
     grad_accum: int = 1
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -64,7 +65,9 @@ class LoopConfig:
     compile_backend: str = "inductor"
 
     def validate(self) -> None:
-        checks = [(self.max_steps >= 1, "--max-steps must be >= 1"), (self.batch_size >= 1, "--batch-size must be >= 1"),
+        bs_ok = self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size >= 1)
+        checks = [(self.max_steps >= 1, "--max-steps must be >= 1"),
+                  (bs_ok, f"--batch-size must be an integer >= 1 or auto, got {self.batch_size!r}"),
                   (self.grad_accum >= 1, "--grad-accum must be >= 1"),
                   (self.mixed_precision in MIXED_PRECISION, "--mixed-precision must be no, fp16 or bf16"),
                   (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
@@ -85,6 +88,7 @@ class LoopResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float = 0.0
     samples_per_s: float = 0.0
+    batch: dict[str, Any] = field(default_factory=dict)      # the micro-batch used and how it was chosen
 
 
 def make_accelerator(config: LoopConfig, project_dir: str | Path, cpu: bool = False):
@@ -195,6 +199,8 @@ def run_task(task, dataset, *, accelerator, config: LoopConfig, val_dataset=None
     ``accelerator`` comes from :func:`make_accelerator` (its project_dir is where checkpoints go). ``resume`` is
     None, "latest" (continue from the newest complete checkpoint when there is one) or a checkpoint folder.
     ``stop_after`` ends the run after that many steps (as if killed), for tests and time-boxed jobs.
+    ``config.batch_size`` "auto": chosen before the first step (``autobatch.resolve_batch``: the resumed
+    checkpoint's size, a probe on CUDA, else the CPU default); recorded in checkpoints and ``LoopResult.batch``.
     Progress: ``on_progress(f"cache {task.name}", samples, n)`` while the task fills its caches (tasks whose
     ``setup`` takes ``on_progress``), then ``on_progress(f"train {task.name}", step, max_steps)``.
     """
@@ -205,8 +211,10 @@ def run_task(task, dataset, *, accelerator, config: LoopConfig, val_dataset=None
     set_seed(config.seed)
     progress = on_progress if accelerator.is_main_process else None
     _setup_task(task, dataset, accelerator, config, progress)
-    # 2. optimizer over the trainable tensors; accelerate prepares both (DDP, autocast); the task trains through them
+    # 2. optimizer over the trainable tensors; accelerate prepares both (DDP, autocast); the task trains through
+    #    them; the micro-batch (``auto``: probed on CUDA before anything is compiled)
     prepared, optimizer = _prepare(task, accelerator, config)
+    config, batch = _micro_batch(task, dataset, accelerator, config, prepared, optimizer, resume)
     handles = register_hooks(accelerator)
     rank, world = accelerator.process_index, accelerator.num_processes
     generator = torch.Generator(accelerator.device).manual_seed(config.seed * 7919 + 104_729 * rank + 1)
@@ -228,12 +236,12 @@ def run_task(task, dataset, *, accelerator, config: LoopConfig, val_dataset=None
         last = min(stop_after if stop_after is not None else config.max_steps, config.max_steps)
         while run.step < last:
             _step(task, loader, prepared, optimizer, accelerator, config, generator, run)
-            _after_step(task, val_dataset, accelerator, config, prepared, generator, signature, run)
+            _after_step(task, val_dataset, accelerator, config, prepared, generator, signature, run, batch)
             report(progress, f"train {task.name}", run.step, config.max_steps)
         wall = time.time() - run.t0
         return LoopResult(task=task.name, steps=run.step, resumed_from=run.resumed_from, train_loss=run.last_train,
                           val=run.val, history=run.history, wall_s=wall,
-                          samples_per_s=run.seen / wall if wall > 0 else 0.0)
+                          samples_per_s=run.seen / wall if wall > 0 else 0.0, batch=batch)
     finally:
         for h in handles:
             h.remove()
@@ -250,8 +258,8 @@ def _setup_task(task, dataset, accelerator, config: LoopConfig, progress: Progre
 
 
 def _prepare(task, accelerator, config: LoopConfig) -> tuple[list[torch.nn.Module], Any]:
-    """AdamW over the task's trainable tensors; modules and optimizer prepared by accelerate and bound to the task
-    (compiled when ``config.compile``)."""
+    """AdamW over the task's trainable tensors; modules and optimizer prepared by accelerate and bound to the
+    task."""
     modules = task.trainable_modules()
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     if not params:
@@ -264,9 +272,18 @@ def _prepare(task, accelerator, config: LoopConfig) -> tuple[list[torch.nn.Modul
         # The task would run forwards outside the DDP wrapper: gradients would not be averaged across processes.
         raise UsageError(f"stage {task.name} cannot run on {accelerator.num_processes} processes: "
                          "its task has no bind() method")
+    return list(prepared), optimizer
+
+
+def _micro_batch(task, dataset, accelerator, config: LoopConfig, prepared, optimizer,
+                 resume) -> tuple[LoopConfig, dict[str, Any]]:
+    """The config with its micro-batch resolved (``autobatch.resolve_batch``: given, the resumed checkpoint's,
+    probed on CUDA before anything is compiled, or the CPU default) and the batch record; then ``--compile``."""
+    batch = resolve_batch(config.batch_size, task, dataset, accelerator, prepared, optimizer, resume)
+    config = replace(config, batch_size=int(batch["size"]))
     if config.compile and hasattr(task, "compile_model"):
         task.compile_model(config.compile_backend)
-    return list(prepared), optimizer
+    return config, batch
 
 
 def _step(task, loader, prepared, optimizer, accelerator, config: LoopConfig, generator, run: _Run) -> None:
@@ -287,8 +304,9 @@ def _step(task, loader, prepared, optimizer, accelerator, config: LoopConfig, ge
 
 
 def _after_step(task, val_dataset, accelerator, config: LoopConfig, prepared, generator, signature: dict,
-                run: _Run) -> None:
-    """At their intervals: the mean train loss (checked finite), validation metrics, a checkpoint."""
+                run: _Run, batch: dict) -> None:
+    """At their intervals: the mean train loss (checked finite), validation metrics, a checkpoint (with the
+    batch record, which a resumed ``--batch-size auto`` run reuses)."""
     log_every = config.log_every or max(1, config.max_steps // 10)
     eval_every = config.eval_every or config.checkpoint_every or config.max_steps
     final = run.step == config.max_steps
@@ -312,7 +330,8 @@ def _after_step(task, val_dataset, accelerator, config: LoopConfig, prepared, ge
             log.info("%s step %d/%d %s", task.name, run.step, config.max_steps,
                      " ".join(f"{k}={v:.4g}" for k, v in entry.items() if k != "step"))
     if config.checkpoint_every and run.step % config.checkpoint_every == 0 and not final:
-        save_checkpoint(accelerator, generator, {**signature, "step": run.step, "history": run.history})
+        save_checkpoint(accelerator, generator, {**signature, "step": run.step, "history": run.history,
+                                                 "batch": batch})
 
 
 def config_dict(config: LoopConfig) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..batchsize import batch_size_error, parse_batch_size
 from ..errors import DeviceError, InputError, UsageError
 from ..fsutil import atomic_write_json
 from ..geometry import MODES, GridMapping
@@ -50,12 +51,14 @@ class TrainOptions:
     """Everything ``train`` can be told (recorded in medsoft_model.json), validated in one place: ``check_inputs``.
 
     ``max_steps`` optimizer steps per stage (``msc_steps`` overrides it for the MSC stage); ``batch_size`` per
-    process and micro-batch. ``resume``: None, "latest" or a checkpoint folder. ``device``: "cpu" forces the CPU,
-    otherwise accelerate picks (CUDA when present). ``force`` retrains over an existing MODEL_DIR. ``geometry`` /
-    ``crop_margin``: the native-to-model grid mapping (``medsoft_aug.geometry``), recorded in MODEL_DIR so that
-    generation uses the same. Speed options (``loop.py``): ``mixed_precision``, ``gradient_checkpointing``,
-    ``compile`` (the UNet, SMIS stage), ``num_workers`` (loader processes), ``cache_batch`` (samples per batch
-    when the frozen VAE / encoder / MSC features are cached before the first step).
+    process and micro-batch, or ``"auto"`` (``autobatch.py``: probed per stage on CUDA, 4 elsewhere, the recorded
+    size on resume; ``grad_accum`` multiplies it). ``resume``: None, "latest" or a checkpoint folder. ``device``:
+    "cpu" forces the CPU, otherwise accelerate picks (CUDA when present). ``force`` retrains over an existing
+    MODEL_DIR. ``geometry`` / ``crop_margin``: the native-to-model grid mapping (``medsoft_aug.geometry``),
+    recorded in MODEL_DIR so that generation uses the same. Speed options (``loop.py``): ``mixed_precision``,
+    ``gradient_checkpointing``, ``compile`` (the UNet, SMIS stage), ``num_workers`` (loader processes),
+    ``cache_batch`` (samples per batch when the frozen VAE / encoder / MSC features are cached before the first
+    step).
     """
 
     stage: str = "all"                  # all | msc | smis
@@ -70,7 +73,7 @@ class TrainOptions:
     resolution: Optional[int] = None
     geometry: str = "crop"              # crop | pad (geometry.MODES)
     crop_margin: float = 0.25
-    batch_size: int = 4
+    batch_size: int | str = 4           # or "auto" (autobatch.py)
     grad_accum: int = 1
     mixed_precision: str = "no"         # no | fp16 | bf16
     gradient_checkpointing: bool = False
@@ -86,8 +89,9 @@ class TrainOptions:
     cache_batch: int = 8
 
     def loop_config(self) -> LoopConfig:
-        return LoopConfig(max_steps=self.max_steps, batch_size=self.batch_size, grad_accum=self.grad_accum,
-                          mixed_precision=self.mixed_precision, gradient_checkpointing=self.gradient_checkpointing,
+        return LoopConfig(max_steps=self.max_steps, batch_size=parse_batch_size(self.batch_size),
+                          grad_accum=self.grad_accum, mixed_precision=self.mixed_precision,
+                          gradient_checkpointing=self.gradient_checkpointing,
                           checkpoint_every=self.checkpoint_every, checkpoints_keep=self.checkpoints_keep,
                           seed=self.seed, num_workers=self.num_workers, compile=self.compile)
 
@@ -111,6 +115,8 @@ class TrainOptions:
         for ok, msg in checks:
             if not ok:
                 raise UsageError(msg)
+        if batch_size_error(self.batch_size):
+            raise UsageError(batch_size_error(self.batch_size))
         self.loop_config().validate()
         from ..workdir import read_index, read_masks
 
@@ -133,6 +139,7 @@ class TrainOptions:
                 "mask_mode", "resolution", "geometry", "crop_margin", "batch_size", "grad_accum", "mixed_precision",
                 "gradient_checkpointing", "seed", "normal_class", "compile", "cache_batch", "num_workers")
         rec = {k: getattr(self, k) for k in keys}
+        rec["batch_size"] = parse_batch_size(self.batch_size)         # "8" from the CLI is recorded as 8
         rec.update(base_model=_ref(self.base_model), encoder=None if self.no_msc else _ref(self.encoder))
         return rec
 
