@@ -35,26 +35,33 @@ log = logging.getLogger("medsoft_aug.demo")
 
 REPO_SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
 
-# Classifier-free guidance of the demo: the paper's 7.5. (Before the demo steered away from the other class's
-# description, DEMO_NEGATIVES, it used 15: the tiny base fit on whole slices responded weakly to the text. With the
-# negatives, 15 overshoots: benign mean inside the mask 0.487 against real benign lesions 0.384; at 7.5 0.456, at
-# 4 0.422, malignant 0.276 / 0.284 / 0.289 against 0.294, and 18 of 18 toward their class at each, measured on the
-# demo's own rows; so the paper's setting works and is used.)
-DEMO_GUIDANCE = 7.5
+# Classifier-free guidance of the demo: 5, below the paper's 7.5. With the other class's description as negative
+# (DEMO_NEGATIVES) guidance pushes harder, and on the demo's base (tiny-128) 7.5 made benign lesions brighter than
+# the real ones (mean inside the mask 0.425 against real benign lesions 0.384; 0.405 at 5; malignant 0.283 at both,
+# real 0.294; 17 and 18 of 18 toward their class), measured on the demo's own rows. (Before the negatives the demo
+# used 15: the tiny base fit on whole slices responded weakly to the text.)
+DEMO_GUIDANCE = 5.0
 # Grid mapping of the demo: the square around the mask (``geometry`` "crop", the product's default) with no
 # margin (``crop_margin`` 0: the mask's longer side, front of the body to the spinous process, fills the 64 px
 # grid; its short side keeps the neighbouring discs as context). The shipped tiny base is fit on exactly these
 # crops (models/tiny_base/README.md), where a phantom lesion is 7-10 model pixels, about two latent pixels; on
 # whole slices ("pad", the demo's mapping before) it was one latent pixel and the lesions came out faint.
 DEMO_GEOMETRY = "crop"
+# Base model of the demo: the tiny base refitted at 128 px on the same crops (models/tiny_base_128/README.md): a
+# phantom lesion is 4-5 latent pixels there instead of 2, so lesions come out at the phantom's size with borders
+# (at 64 px, "tiny", they were blurred blobs about twice as large); sampling costs about 2x, training 4x.
+DEMO_BASE = "tiny-128"
 DEMO_CROP_MARGIN = 0.0
 # What classifier-free guidance steers away from (balance --negative-prompts): the other disease class's
 # description. Measured by bench/negative_prompts.py (16 normal slices x 2 seeds, no MSC, donor blend, guidance 7.5):
 # median lesion contrast benign +0.22 -> +0.41, malignant -0.07 -> -0.12; malignant samples with a clear dark focus
 # (contrast below -0.05) 24 -> 32 of 32 (bench/RESULTS.md).
 DEMO_NEGATIVES = "other-classes"
-# Post-selection in the demo (balance --candidates K --scorer classifier): see the README ("Does it help?").
-DEMO_CANDIDATES = 3
+# Candidates per sample (balance --candidates K): 1. Every sample is still scored by the classifier scorer (its
+# class_score in the manifest; floor 0 keeps all). With tiny-128 and the negatives K = 3 measured 18 of 18 too,
+# at 2.2x the sampling time (the demo would take over 2 minutes on a 2-core CPU); selection did not clearly help
+# downstream either (README, "Does it help?").
+DEMO_CANDIDATES = 1
 
 
 def find_sample_data(out: Path, on_progress: ProgressFn = None) -> Path:
@@ -220,13 +227,14 @@ def _demo(out: Path, train_steps: int, steps: int, guidance: float, seed: int, d
     api.build_masks(work, on_progress=on_progress)
     lap("masks", t)
     t = time.time()
-    api.train(work, model, max_steps=train_steps, seed=seed, device=device, geometry=DEMO_GEOMETRY,
+    api.train(work, model, max_steps=train_steps, seed=seed, device=device, base_model=DEMO_BASE,
+              geometry=DEMO_GEOMETRY,
               crop_margin=DEMO_CROP_MARGIN, on_progress=on_progress)
     lap("train", t)
     t = time.time()
     res = api.balance(work, model, balanced, target_ratio=1.0, steps=steps, guidance=guidance, seed=seed,
                       device=device, blend=blend, negative_prompts=negatives, candidates=selection[0],
-                      scorer=selection[1] if selection[0] > 1 else None, min_score=0.0, on_progress=on_progress)
+                      scorer=selection[1], min_score=0.0, on_progress=on_progress)
     lap("balance", t)
     t = time.time()
     if not (balanced / "manifest.csv").is_file():
@@ -237,8 +245,9 @@ def _demo(out: Path, train_steps: int, steps: int, guidance: float, seed: int, d
     summary = {"out": str(out), "sample_data": str(data), "work": str(work), "model": str(model),
                "manifest": str(balanced / "manifest.csv"), "contact_sheet": str(sheet),
                "counts_before": res["counts_before"], "counts_after": res["counts_after"],
-               "generated": res["generated"], "blend": blend, "guidance": guidance, "negative_prompts": negatives,
-               "candidates": selection[0], "scorer": selection[1] if selection[0] > 1 else None,
+               "generated": res["generated"], "base_model": DEMO_BASE, "blend": blend, "guidance": guidance,
+               "negative_prompts": negatives,
+               "candidates": selection[0], "scorer": selection[1],
                "intensity_inside_mask": intensity,
                "samples": samples, "timings_s": times, "total_s": round(time.time() - t0, 2)}
     atomic_write_json(out / "demo.json", summary)

@@ -135,3 +135,24 @@ def test_shipped_tiny_preset_reconstructs_sample_slices(sample_data_dir):
         x = F.interpolate(x, size=(64, 64), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
         rec = engine.decode(engine.encode(x))
         assert psnr(x.numpy(), rec.numpy()) > 24.0, path.name
+
+
+def test_shipped_tiny_128_preset_is_the_same_architecture_at_128_px():
+    """``tiny-128`` (the demo's base): the tiny architecture refitted at 128 px; its own UNet weights, loadable and
+    checkable by name like ``tiny``, and the text encoder and tokenizer of the same vocabulary."""
+    from medsoft_aug.models.base import TINY_PRESETS, check_base_model
+
+    folder = TINY_PRESETS["tiny-128"]
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size < 10 * 2 ** 20 and (folder / "README.md").is_file() and (folder / "fit.json").is_file()
+    check_base_model("tiny-128")
+    big, small = load_base_model("tiny-128"), load_base_model("tiny")
+    assert big.ref == "tiny-128" and big.resolution == 128 and small.resolution == 64
+    assert big.unet.config.block_out_channels == small.unet.config.block_out_channels
+    assert big.sha256 != small.sha256
+    ids = big.tokenizer(["T2 hypointense lesion"]).input_ids
+    assert ids == small.tokenizer(["T2 hypointense lesion"]).input_ids
+    x = torch.rand(1, 4, 32, 32)
+    with torch.no_grad():
+        out = big.unet(x, torch.tensor([10]), encoder_hidden_states=big.encode_prompt(["a"])).sample
+    assert out.shape == x.shape and torch.isfinite(out).all()

@@ -10,7 +10,8 @@ from .options import Blend, JsonOpt, Negatives, Scorer, value
 from .output import STATE, guarded, print_json, progress_reporter
 
 DEMO_THREADS = 1
-DEMO_GUIDANCE = 7.5           # = demo.DEMO_GUIDANCE (not imported: demo imports pandas; tests/test_demo.py)
+DEMO_GUIDANCE = 5.0           # = demo.DEMO_GUIDANCE (not imported: demo imports pandas; tests/test_demo.py)
+DEMO_CANDIDATES = 1           # = demo.DEMO_CANDIDATES
 
 
 @guarded
@@ -25,7 +26,8 @@ def demo_command(
         "--train-steps", hidden=True, help="Deprecated name of --max-steps.")] = None,
     steps: Annotated[int, typer.Option("--steps", help="DDIM steps when generating (paper: 50).")] = 50,
     guidance: Annotated[float, typer.Option(
-        "--guidance", help="Classifier-free guidance scale (paper and demo: 7.5).")] = DEMO_GUIDANCE,
+        "--guidance", help="Classifier-free guidance scale (paper: 7.5; demo: 5, as it steers away from the other "
+        "class's description).")] = DEMO_GUIDANCE,
     seed: Annotated[int, typer.Option("--seed", help="Seed of training and generation.")] = 0,
     device: Annotated[str, typer.Option("--device", help="cpu (default: the tiny models are made for it), "
                                         "auto, cuda.")] = "cpu",
@@ -37,15 +39,15 @@ def demo_command(
         "default: the other disease class's description) or none (the empty text, the paper's and `balance`'s "
         "default).")] = Negatives.other_classes,
     candidates: Annotated[int, typer.Option(
-        "--candidates", help="balance's post-selection: K candidates per planned sample, the best kept (1 = "
-        "none).")] = 3,
+        "--candidates", help="balance's post-selection: K candidates per planned sample, the best kept (1, the "
+        "demo's default: no selection; each sample is still scored).")] = DEMO_CANDIDATES,
     scorer: Annotated[Scorer, typer.Option(
-        "--scorer", help="Scorer of the candidates: classifier (demo default: logistic regression on the real "
-        "training split) or feature (the tiny encoder's features).")] = Scorer.classifier,
+        "--scorer", help="Scorer of the samples (their class_score) and candidates: classifier (demo default: "
+        "logistic regression on the real training split) or feature (the tiny encoder's features).")] = Scorer.classifier,
     json_out: JsonOpt = False,
 ) -> None:
-    """Ingest -> masks -> train (tiny) -> balance to ratio 1.0 on sample_data/, with a donor | mask | synthetic
-    contact sheet and the manifest. About a minute on a 2-core CPU; runs torch on 1 thread unless the global
+    """Ingest -> masks -> train (tiny-128) -> balance to ratio 1.0 on sample_data/, with a donor | mask | synthetic
+    contact sheet and the manifest. About 1.5 minutes on a 2-core CPU; runs torch on 1 thread unless the global
     --threads says otherwise."""
     from ..api import demo
 

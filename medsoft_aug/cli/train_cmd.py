@@ -24,7 +24,8 @@ Stage = Annotated[TrainStage, _opt("--stage", "all (MSC then SMIS), msc (Eq. 4 o
                                    "trained MSC in MODEL_DIR).")]
 MaxSteps = Annotated[int, _opt("--max-steps", "Optimizer steps per stage (the paper: 60000 on SD1.5).")]
 MscSteps = Annotated[Optional[int], _opt("--msc-steps", "Optimizer steps of the MSC stage (default: --max-steps).")]
-BaseModel = Annotated[str, _opt("--base-model", "tiny, a diffusers-layout folder, or a hub id (online).")]
+BaseModel = Annotated[str, _opt("--base-model", "tiny (64 px), tiny-128 (the demo's), a diffusers-layout folder, a "
+                                               "single-file checkpoint, or a hub id (online).")]
 Encoder = Annotated[str, _opt("--encoder", "tiny, a local open_clip BiomedCLIP folder, or hf-hub:... (online).")]
 Gamma = Annotated[float, _opt("--gamma", "Weight of the medical-semantic attention term (Eq. 5).")]
 NoMsc = Annotated[bool, _opt("--no-msc", "Ablation 'w/o MSC': text-only conditioning; trains the text "

@@ -4,6 +4,8 @@
   * ``"tiny"``: the fitted tiny model shipped in ``medsoft_aug/models/tiny_base/`` (diffusers layout, 64 px,
     VAE factor 4; see its README for how ``tools/build_tiny_base.py`` made it). While that folder is absent, ``tiny`` falls back
     to ``tiny-random`` with a warning;
+  * ``"tiny-128"``: the same tiny model refitted at 128 px (``medsoft_aug/models/tiny_base_128/``, 32 x 32 latents;
+    the demo's: lesions of the phantom's size and shape; about 2x slower to sample, 4x to train), same fallback;
   * ``"tiny-random"``: the same architecture from ``configs/tiny_base.json``, random init from its seed (tests);
   * a local folder in diffusers layout: ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``,
     weights as safetensors (``diffusion_pytorch_model.safetensors`` / ``model.safetensors``, or only their
@@ -37,6 +39,7 @@ log = logging.getLogger("medsoft_aug.models.base")
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _WEIGHT_PARTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
 TINY_BASE_DIR = Path(__file__).resolve().parent / "tiny_base"
+TINY_PRESETS = {"tiny": TINY_BASE_DIR, "tiny-128": TINY_BASE_DIR.with_name("tiny_base_128")}   # shipped fits
 TINY_CONFIG = "tiny_base.json"
 
 
@@ -111,12 +114,12 @@ class BaseModel:
 def load_base_model(ref: str = "tiny", device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> BaseModel:
     """Load the base model (see module docstring); all parts frozen and in eval mode, on ``device``/``dtype``."""
-    if ref == "tiny":
-        if (TINY_BASE_DIR / "unet").is_dir():
-            model = _load_folder(TINY_BASE_DIR, device, dtype)
-            model.ref = "tiny"
+    if ref in TINY_PRESETS:
+        if (TINY_PRESETS[ref] / "unet").is_dir():
+            model = _load_folder(TINY_PRESETS[ref], device, dtype)
+            model.ref = ref
             return model
-        log.warning("the shipped tiny base model (%s) is missing; using tiny-random", TINY_BASE_DIR)
+        log.warning("the shipped tiny base model (%s) is missing; using tiny-random", TINY_PRESETS[ref])
         ref = "tiny-random"
     if ref == "tiny-random":
         return _freeze(build_tiny_base(), device, dtype)
@@ -133,7 +136,7 @@ def check_base_model(ref: str) -> None:
     """What ``load_base_model(ref)`` would refuse, found from configs and headers only (milliseconds; no weight
     is read, nothing is downloaded): missing parts, unusable configs, refused single files. Hub ids are checked
     when loaded (their configs are downloaded first)."""
-    if ref in ("tiny", "tiny-random"):
+    if ref in TINY_PRESETS or ref == "tiny-random":
         return
     path = Path(ref).expanduser()
     if path.is_dir():
