@@ -12,6 +12,8 @@ from medsoft_aug.generate import batching
 from medsoft_aug.generate.batching import (CPU_BATCH_SIZE, choose_batch_size, fixed_batch_size, next_probe,
                                            parse_batch_size, probe_batch_size)
 
+from _cuda_sim import SimulatedAllocator
+
 GiB = 2**30
 
 
@@ -59,31 +61,17 @@ def test_parse_and_fixed():
     assert fixed_batch_size(5) == {"size": 5, "how": "given"}
 
 
-class FakeCuda:
+class FakeCuda(SimulatedAllocator):
     """A device of ``total`` bytes holding ``weights``; each row of a step needs ``per_row`` bytes at its peak."""
 
     def __init__(self, total, weights, per_row):
-        self.total, self.weights, self.per_row = total, weights, per_row
+        super().__init__(total, weights, per_row)
         self.peak = 0
         self.steps: list[int] = []
 
     def step(self, size):
         self.steps.append(size)
-        need = self.weights + size * self.per_row
-        if need > self.total:
-            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {need} bytes")
-        self.peak = max(self.peak, need)
-
-    def install(self, monkeypatch):
-        c = torch.cuda
-        monkeypatch.setattr(c, "synchronize", lambda *a, **k: None)
-        monkeypatch.setattr(c, "empty_cache", lambda *a, **k: None)
-        monkeypatch.setattr(c, "mem_get_info", lambda *a, **k: (self.total - self.weights, self.total))
-        monkeypatch.setattr(c, "memory_reserved", lambda *a, **k: self.weights)
-        monkeypatch.setattr(c, "reset_peak_memory_stats", lambda *a, **k: setattr(self, "peak", self.weights))
-        monkeypatch.setattr(c, "max_memory_allocated", lambda *a, **k: self.peak)
-        import accelerate.utils.memory as am
-        monkeypatch.setattr(am, "clear_device_cache", lambda *a, **k: None)
+        self.charge(size)
 
 
 def test_probe_loop_on_a_simulated_device(monkeypatch):

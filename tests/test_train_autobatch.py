@@ -20,6 +20,8 @@ from medsoft_aug.train.loop import LoopConfig, _prepare, make_accelerator, run_t
 from medsoft_aug.train.smis_stage import SMISTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+from _cuda_sim import SimulatedAllocator
+
 GiB = 2**30
 
 
@@ -34,33 +36,18 @@ def _task():
     return SMISTask(unet, vae, ddpm(), fake_encode_prompt, FakeMSC(0).requires_grad_(False))
 
 
-class SimulatedCuda:
+class SimulatedCuda(SimulatedAllocator):
     """A device of ``total`` bytes holding ``weights``; a training step on B samples peaks at weights + B *
     per_row, charged when the UNet's forward runs (B read from the UNet's input, not from the probe's argument)."""
 
     def __init__(self, total, weights, per_row):
-        self.total, self.weights, self.per_row = total, weights, per_row
-        self.peak = weights
+        super().__init__(total, weights, per_row)
         self.events: list = []
 
     def forward_hook(self, module, args):
         rows = args[0].shape[0]
         self.events.append(("forward", rows))
-        need = self.weights + rows * self.per_row
-        if need > self.total:
-            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {need} bytes")
-        self.peak = max(self.peak, need)
-
-    def install(self, monkeypatch):
-        c = torch.cuda
-        monkeypatch.setattr(c, "synchronize", lambda *a, **k: None)
-        monkeypatch.setattr(c, "empty_cache", lambda *a, **k: None)
-        monkeypatch.setattr(c, "mem_get_info", lambda *a, **k: (self.total - self.weights, self.total))
-        monkeypatch.setattr(c, "memory_reserved", lambda *a, **k: self.weights)
-        monkeypatch.setattr(c, "reset_peak_memory_stats", lambda *a, **k: setattr(self, "peak", self.weights))
-        monkeypatch.setattr(c, "max_memory_allocated", lambda *a, **k: self.peak)
-        import accelerate.utils.memory as am
-        monkeypatch.setattr(am, "clear_device_cache", lambda *a, **k: None)
+        self.charge(rows)
 
 
 def _probe_setup(work, tmp_path, dev):
