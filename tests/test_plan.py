@@ -6,8 +6,8 @@ import math
 import pytest
 
 from medsoft_aug.errors import InputError, UsageError
-from medsoft_aug.generate.plan import (derive_seed, n_to_generate, parse_shard, plan_balance, prompt_key,
-                                       shard_items)
+from medsoft_aug.generate.plan import derive_seed, n_to_generate, plan_balance, prompt_key
+from medsoft_aug.generate.scaleout import parse_shard, shard_items
 from medsoft_aug.generate.prompts import default_prompts
 
 from _balance_helpers import make_index, make_masks

@@ -17,8 +17,8 @@ from ..geometry import MODES
 from ..workdir import check_work, images_root_of, normal_class_of
 from .batching import parse_batch_size
 from .fastpath import FastPath
-from .plan import NEGATIVE_MODES, parse_shard
-from .scaleout import AutoShard, resolve_shard, shard_dir
+from .plan import NEGATIVE_MODES
+from .scaleout import AutoShard, parse_shard, resolve_shard, shard_dir
 from .writers import FORMATS
 
 SCHEDULERS = ("ddim", "dpmsolver++", "unipc")      # = engine.SCHEDULERS (not imported here: engine imports torch)

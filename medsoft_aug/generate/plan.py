@@ -388,18 +388,3 @@ def _pool_key(rows: pd.DataFrame, order: list[str], cond_of: dict[str, str], poo
     if only not in pools:
         pools[only] = [d for d in order if cond_of.get(d, "") == only]
     return only if pools[only] else ""
-
-
-def parse_shard(spec: Optional[str]) -> tuple[int, int]:
-    """``"K/N"`` (1 <= K <= N) -> (K, N); None -> (1, 1)."""
-    if spec is None or spec == "":
-        return 1, 1
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(spec))
-    if not m or not (1 <= int(m.group(1)) <= int(m.group(2))):
-        raise UsageError(f"--shard must be K/N with 1 <= K <= N, got {spec!r}")
-    return int(m.group(1)), int(m.group(2))
-
-
-def shard_items(items: Sequence[PlanItem], k: int, n: int) -> list[PlanItem]:
-    """Deterministic share K of N: every N-th item of the plan starting at K-1 (classes stay mixed per shard)."""
-    return [it for i, it in enumerate(items) if i % n == k - 1]

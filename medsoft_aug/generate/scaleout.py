@@ -22,10 +22,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from ..errors import UsageError
 
@@ -126,3 +127,18 @@ def finish_shard(out: Path, auto: AutoShard, poll_s: float = 1.0) -> Optional[di
         time.sleep(poll_s)
         merged = merge_when_complete(out, auto.n)
     return merged
+
+
+def parse_shard(spec: Optional[str]) -> tuple[int, int]:
+    """``"K/N"`` (1 <= K <= N) -> (K, N); None -> (1, 1)."""
+    if spec is None or spec == "":
+        return 1, 1
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(spec))
+    if not m or not (1 <= int(m.group(1)) <= int(m.group(2))):
+        raise UsageError(f"--shard must be K/N with 1 <= K <= N, got {spec!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_items(items: Sequence[Any], k: int, n: int) -> list[Any]:
+    """Deterministic share K of N: every N-th item of the plan starting at K-1 (classes stay mixed per shard)."""
+    return [it for i, it in enumerate(items) if i % n == k - 1]
