@@ -17,7 +17,8 @@ msc.py
         forward(text_tokens (B, Lt, D), text_mask (B, Lt), image_tokens (B, Lv, D)) -> e_MSC (B, D)
 base.py
     load_base_model(ref: str = "tiny", device="cpu", dtype=float32) -> BaseModel  # "tiny" | "tiny-128" |
-        # diffusers dir | single-file checkpoint | hub id; configs checked first (base_checks.py), single files in single_file.py
+        # diffusers dir | single-file checkpoint | hub id; configs checked first (base_checks.py), single files
+        # in single_file.py
     BaseModel: unet, vae, text_encoder, tokenizer, train_scheduler (DDPM), ref, sha256, resolution,
         encode_prompt(texts: list[str]) -> (B, 77, C)
 adapter.py
